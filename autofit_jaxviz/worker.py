@@ -1,0 +1,428 @@
+"""The latest-only render worker.
+
+A sampler produces best fits far faster than anyone can draw them, and a quick
+update is only ever worth showing for the *newest* best fit. So the worker keeps
+a single slot: ``submit`` drops the payload into it (replacing an older one that
+was never drawn) and returns at once; one renderer takes whatever is newest when
+it is free. The sampler never waits for matplotlib, and nothing it submits is
+lost, only superseded.
+
+Two modes share one contract:
+
+``"thread"``
+    one background renderer thread (the default);
+``"sync"``
+    the render runs inside ``submit`` (autofit's historic behaviour, kept for
+    comparison and for visualizers that must run on the calling thread).
+
+Render failures are counted and logged, never raised into the sampler.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
+
+WorkerMode = Literal["thread", "sync"]
+_MODES: tuple[str, ...] = ("thread", "sync")
+
+#: How many failures pass between two summary log lines after the first traceback.
+FAILURE_LOG_EVERY = 100
+#: ...or how many seconds, whichever comes first.
+FAILURE_LOG_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """A consistent snapshot of what the worker has done so far."""
+
+    submitted: int
+    rendered: int
+    superseded: int
+    failed: int
+    rejected: int
+    pending: bool
+    rendering: bool
+    mean_render_seconds: float
+    max_render_seconds: float
+    mean_lag_seconds: float
+    max_lag_seconds: float
+
+
+class _Item:
+    """A submitted payload with its sequence number and submit time."""
+
+    __slots__ = ("payload", "seq", "submitted_at")
+
+    def __init__(self, payload: Any, seq: int, submitted_at: float) -> None:
+        self.payload = payload
+        self.seq = seq
+        self.submitted_at = submitted_at
+
+
+_live_workers: weakref.WeakSet[QuickUpdateWorker] = weakref.WeakSet()
+
+
+class QuickUpdateWorker:
+    """Render the newest submitted payload, off the sampler's thread.
+
+    Parameters
+    ----------
+    render
+        Called with one payload; draws and saves it. Its return value is passed
+        to ``on_rendered``.
+    mode
+        ``"thread"`` or ``"sync"`` (see the module docstring).
+    name
+        Used for the thread's name and in log lines.
+    min_interval
+        Seconds to leave between the starts of two renders. Payloads that
+        arrive meanwhile supersede each other; ``flush`` and ``shutdown`` skip
+        the wait so the final best fit is never delayed.
+    on_rendered
+        Called on the renderer after each successful render with
+        ``(payload, result)``; used by the notebook display. Its failures are
+        counted like render failures.
+    shutdown_timeout
+        The timeout the interpreter-exit hook gives ``shutdown``.
+    """
+
+    def __init__(
+        self,
+        render: Callable[[Any], Any],
+        *,
+        mode: WorkerMode = "thread",
+        name: str = "quick-update",
+        min_interval: float = 0.0,
+        on_rendered: Callable[[Any, Any], None] | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if not callable(render):
+            raise TypeError(f"render must be callable, got {render!r}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if not isinstance(min_interval, int | float) or not min_interval >= 0:
+            raise ValueError(f"min_interval must be a number >= 0 seconds, got {min_interval!r}")
+        if on_rendered is not None and not callable(on_rendered):
+            raise TypeError(f"on_rendered must be callable or None, got {on_rendered!r}")
+        if not isinstance(shutdown_timeout, int | float) or not shutdown_timeout > 0:
+            raise ValueError(
+                f"shutdown_timeout must be a number > 0 seconds, got {shutdown_timeout!r}"
+            )
+        self._render = render
+        self._mode: WorkerMode = mode
+        self.name = name
+        self._min_interval = float(min_interval)
+        self._on_rendered = on_rendered
+        self._shutdown_timeout = float(shutdown_timeout)
+        self._fresh_state()
+        _live_workers.add(self)
+        _ensure_process_hooks()
+
+    def _fresh_state(self) -> None:
+        """(Re)create every lock and counter; also used in a forked child."""
+        self._cond = threading.Condition(threading.Lock())
+        self._render_lock = threading.Lock()  # serialises renders in sync mode
+        self._slot: _Item | None = None
+        self._in_render: _Item | None = None
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._stopped = False
+        self._disabled = False
+        self._urgent = 0  # how many flush/shutdown calls want min_interval skipped
+        self._last_render_start = float("-inf")
+        self._owner_pid = os.getpid()
+        # counters
+        self._submitted = 0
+        self._rendered = 0
+        self._superseded = 0
+        self._failed = 0
+        self._rejected = 0
+        self._render_total = 0.0
+        self._render_max = 0.0
+        self._lag_total = 0.0
+        self._lag_max = 0.0
+        self._failures_since_log = 0
+        self._last_failure_log = float("-inf")
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def mode(self) -> WorkerMode:
+        return self._mode
+
+    @property
+    def enabled(self) -> bool:
+        """False once shut down, or once the render said ``NotImplementedError``."""
+        return not (self._closing or self._disabled)
+
+    def submit(self, payload: Any) -> bool:
+        """Offer ``payload`` for rendering; replaces any payload not yet drawn.
+
+        Returns ``True`` when it was accepted, ``False`` when the worker is shut
+        down or disabled (the payload is then dropped and counted as rejected).
+        Never blocks on a render in ``"thread"`` mode and never raises.
+        """
+        if self._owner_pid != os.getpid():  # forked child without the at-fork hook
+            self._fresh_state()
+        cond = self._cond
+        with cond:
+            if self._closing or self._disabled:
+                self._rejected += 1
+                return False
+            self._seq += 1
+            self._submitted += 1
+            item = _Item(payload, self._seq, time.monotonic())
+            if self._slot is not None:
+                self._superseded += 1
+            self._slot = item
+            if self._mode == "thread":
+                if self._thread is None:
+                    self._start_thread()
+                cond.notify_all()
+                return True
+        # sync mode: render on the caller's thread, one render at a time
+        with self._render_lock:
+            with cond:
+                item = self._take_locked()
+            if item is not None:
+                self._render_item(item)
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every payload submitted before this call is rendered or
+        superseded. Returns ``False`` if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._seq
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                while not self._done_through(target):
+                    if self._thread is None or not self._thread.is_alive():
+                        if self._mode == "thread" and self._slot is not None:
+                            # nobody left to render it (stopped, or hung thread gone)
+                            return False
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                self._urgent -= 1
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Render what is pending, stop the renderer and join it.
+
+        Idempotent and safe from ``atexit``. Never waits longer than
+        ``timeout`` (default: the worker's ``shutdown_timeout``); returns
+        ``False`` (and logs a warning) if the renderer did not finish in time.
+        Payloads submitted afterwards are rejected.
+        """
+        if timeout is None:
+            timeout = self._shutdown_timeout
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            self._urgent += 1  # never released: after shutdown nothing waits
+            self._cond.notify_all()
+            thread = self._thread
+        if self._mode == "sync" or thread is None:
+            with self._cond:
+                self._stopped = True
+            return True
+        finished = self.flush(timeout=max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            logger.warning(
+                "%s: shutdown timed out after %.1f s with a render still running; "
+                "the renderer thread is abandoned (daemon)",
+                self.name,
+                timeout,
+            )
+            return False
+        return finished
+
+    @property
+    def stats(self) -> WorkerStats:
+        with self._cond:
+            rendered = self._rendered
+            attempts = rendered + self._failed
+            return WorkerStats(
+                submitted=self._submitted,
+                rendered=rendered,
+                superseded=self._superseded,
+                failed=self._failed,
+                rejected=self._rejected,
+                pending=self._slot is not None,
+                rendering=self._in_render is not None,
+                mean_render_seconds=self._render_total / attempts if attempts else 0.0,
+                max_render_seconds=self._render_max,
+                mean_lag_seconds=self._lag_total / rendered if rendered else 0.0,
+                max_lag_seconds=self._lag_max,
+            )
+
+    def __enter__(self) -> QuickUpdateWorker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"QuickUpdateWorker(name={self.name!r}, mode={self._mode!r}, enabled={self.enabled})"
+
+    # ------------------------------------------------------------ internals
+
+    def _done_through(self, target: int) -> bool:
+        """True when no payload with ``seq <= target`` is waiting or rendering."""
+        slot, current = self._slot, self._in_render
+        return (slot is None or slot.seq > target) and (current is None or current.seq > target)
+
+    def _take_locked(self) -> _Item | None:
+        item = self._slot
+        self._slot = None
+        self._in_render = item
+        return item
+
+    def _start_thread(self) -> None:
+        # Daemon, so a render that hangs forever cannot keep the interpreter
+        # alive; the atexit hook joins it (with a timeout) before finalisation,
+        # so a normal exit never tears down a thread mid-draw.
+        thread = threading.Thread(target=self._run, name=f"{self.name}-renderer", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    if self._slot is not None:
+                        wait = self._last_render_start + self._min_interval - time.monotonic()
+                        if wait <= 0 or self._urgent:
+                            break
+                        cond.wait(wait)
+                        continue
+                    if self._stopped:
+                        return
+                    cond.wait()
+                item = self._take_locked()
+            self._render_item(item)
+            del item
+
+    def _render_item(self, item: _Item) -> None:
+        started = time.monotonic()
+        self._last_render_start = started
+        ok = False
+        try:
+            result = self._render(item.payload)
+            if self._on_rendered is not None:
+                self._on_rendered(item.payload, result)
+            ok = True
+        except NotImplementedError:
+            self._disable()
+        except Exception as error:
+            self._record_failure(error)
+        finally:
+            finished = time.monotonic()
+            with self._cond:
+                seconds = finished - started
+                self._render_total += seconds
+                self._render_max = max(self._render_max, seconds)
+                if ok:
+                    self._rendered += 1
+                    lag = finished - item.submitted_at
+                    self._lag_total += lag
+                    self._lag_max = max(self._lag_max, lag)
+                else:
+                    self._failed += 1
+                self._in_render = None
+                self._cond.notify_all()
+
+    def _disable(self) -> None:
+        with self._cond:
+            already = self._disabled
+            self._disabled = True
+            if self._slot is not None:
+                self._slot = None
+                self._superseded += 1
+        if not already:
+            logger.info(
+                "%s: the render function raised NotImplementedError (the analysis has no "
+                "quick update); quick updates are off for this worker",
+                self.name,
+            )
+
+    def _record_failure(self, error: Exception) -> None:
+        now = time.monotonic()
+        with self._cond:
+            first = self._failed == 0
+            self._failures_since_log += 1
+            due = (
+                self._failures_since_log >= FAILURE_LOG_EVERY
+                or now - self._last_failure_log >= FAILURE_LOG_SECONDS
+            )
+            count = self._failures_since_log
+            if first or due:
+                self._failures_since_log = 0
+                self._last_failure_log = now
+        if first:
+            logger.error(
+                "%s: a quick-update render failed; the sampler carries on. "
+                "Further failures are summarised.",
+                self.name,
+                exc_info=error,
+            )
+        elif due:
+            logger.error(
+                "%s: %d more quick-update renders failed (latest: %s: %s)",
+                self.name,
+                count,
+                type(error).__name__,
+                error,
+            )
+
+    def _after_fork_in_child(self) -> None:
+        # The renderer thread does not exist in the child and its locks may have
+        # been held at the fork: start again from a clean, working state.
+        self._fresh_state()
+
+
+_hooks_installed = False
+
+
+def _ensure_process_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_shutdown_all_at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_reset_all_after_fork)
+
+
+def _shutdown_all_at_exit() -> None:
+    for worker in list(_live_workers):
+        try:
+            worker.shutdown(worker._shutdown_timeout)
+        except Exception:  # pragma: no cover - never let exit crash
+            logger.exception("%s: shutdown at interpreter exit failed", worker.name)
+
+
+def _reset_all_after_fork() -> None:
+    for worker in list(_live_workers):
+        worker._after_fork_in_child()
