@@ -7,10 +7,14 @@ was never drawn) and returns at once; one renderer takes whatever is newest when
 it is free. The sampler never waits for matplotlib, and nothing it submits is
 lost, only superseded.
 
-Two modes share one contract:
+Three modes share one contract:
 
 ``"thread"``
     one background renderer thread (the default);
+``"process"``
+    the same renderer thread hands each payload to one long-lived spawned
+    render process (see :mod:`autofit_jaxviz.render_process`), so drawing does
+    not compete with a Python-bound sampler for the GIL;
 ``"sync"``
     the render runs inside ``submit`` (autofit's historic behaviour, kept for
     comparison and for visualizers that must run on the calling thread).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util  # noqa: F401 - its exit hook must be registered before ours
 import os
 import threading
 import time
@@ -30,10 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from autofit_jaxviz.render_process import ProcessRender, RenderCancelled
+
 logger = logging.getLogger(__name__)
 
-WorkerMode = Literal["thread", "sync"]
-_MODES: tuple[str, ...] = ("thread", "sync")
+WorkerMode = Literal["thread", "process", "sync"]
+_MODES: tuple[str, ...] = ("thread", "process", "sync")
 
 #: How many failures pass between two summary log lines after the first traceback.
 FAILURE_LOG_EVERY = 100
@@ -56,6 +63,8 @@ class WorkerStats:
     max_render_seconds: float
     mean_lag_seconds: float
     max_lag_seconds: float
+    process_starts: int = 0
+    process_restarts: int = 0
 
 
 class _Item:
@@ -81,7 +90,9 @@ class QuickUpdateWorker:
         Called with one payload; draws and saves it. Its return value is passed
         to ``on_rendered``.
     mode
-        ``"thread"`` or ``"sync"`` (see the module docstring).
+        ``"thread"``, ``"process"`` or ``"sync"`` (see the module docstring).
+        With ``"process"``, ``render`` must be picklable; if it is not, the
+        worker says which part is not, once, and renders in its thread.
     name
         Used for the thread's name and in log lines.
     min_interval
@@ -118,6 +129,10 @@ class QuickUpdateWorker:
             raise ValueError(
                 f"shutdown_timeout must be a number > 0 seconds, got {shutdown_timeout!r}"
             )
+        self._process_render: ProcessRender | None = None
+        if mode == "process":
+            self._process_render = ProcessRender(render, name=name)
+            render = self._process_render
         self._render = render
         self._mode: WorkerMode = mode
         self.name = name
@@ -186,7 +201,7 @@ class QuickUpdateWorker:
             if self._slot is not None:
                 self._superseded += 1
             self._slot = item
-            if self._mode == "thread":
+            if self._mode != "sync":
                 if self._thread is None:
                     self._start_thread()
                 cond.notify_all()
@@ -210,7 +225,7 @@ class QuickUpdateWorker:
             try:
                 while not self._done_through(target):
                     if self._thread is None or not self._thread.is_alive():
-                        if self._mode == "thread" and self._slot is not None:
+                        if self._mode != "sync" and self._slot is not None:
                             # nobody left to render it (stopped, or hung thread gone)
                             return False
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -240,6 +255,8 @@ class QuickUpdateWorker:
         if self._mode == "sync" or thread is None:
             with self._cond:
                 self._stopped = True
+            if self._process_render is not None:
+                self._process_render.close()
             return True
         finished = self.flush(timeout=max(0.0, deadline - time.monotonic()))
         with self._cond:
@@ -247,6 +264,12 @@ class QuickUpdateWorker:
             self._cond.notify_all()
         if thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._process_render is not None:
+            # stops the child even mid-render, which also frees a renderer
+            # thread blocked waiting for it
+            self._process_render.close(timeout=max(0.1, (deadline - time.monotonic()) / 3))
+            if thread is not threading.current_thread():
+                thread.join(max(0.1, deadline - time.monotonic()))
         if thread.is_alive():
             logger.warning(
                 "%s: shutdown timed out after %.1f s with a render still running; "
@@ -255,6 +278,13 @@ class QuickUpdateWorker:
                 timeout,
             )
             return False
+        if not finished:
+            logger.warning(
+                "%s: shutdown timed out after %.1f s; the render in progress was stopped "
+                "with its render process",
+                self.name,
+                timeout,
+            )
         return finished
 
     @property
@@ -274,6 +304,8 @@ class QuickUpdateWorker:
                 max_render_seconds=self._render_max,
                 mean_lag_seconds=self._lag_total / rendered if rendered else 0.0,
                 max_lag_seconds=self._lag_max,
+                process_starts=self._process_render.starts if self._process_render else 0,
+                process_restarts=self._process_render.restarts if self._process_render else 0,
             )
 
     def __enter__(self) -> QuickUpdateWorker:
@@ -335,6 +367,8 @@ class QuickUpdateWorker:
             ok = True
         except NotImplementedError:
             self._disable()
+        except RenderCancelled:
+            pass  # shutdown cut it short and says so itself
         except Exception as error:
             self._record_failure(error)
         finally:
@@ -398,8 +432,11 @@ class QuickUpdateWorker:
 
     def _after_fork_in_child(self) -> None:
         # The renderer thread does not exist in the child and its locks may have
-        # been held at the fork: start again from a clean, working state.
+        # been held at the fork: start again from a clean, working state. The
+        # parent's render process belongs to the parent.
         self._fresh_state()
+        if self._process_render is not None:
+            self._process_render.forget_after_fork()
 
 
 _hooks_installed = False

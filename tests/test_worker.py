@@ -1,7 +1,8 @@
-"""Behaviour of the latest-only worker, with real threads.
+"""Behaviour of the latest-only worker, with real threads and real processes.
 
-Synchronisation is done with events, joins and ``flush``; nothing sleeps in the
-hope that another thread has moved on.
+The behavioural suite runs against both background backends (``thread`` and
+``process``). Synchronisation is done with events, joins and ``flush``;
+nothing sleeps in the hope that another thread has moved on.
 """
 
 from __future__ import annotations
@@ -15,67 +16,68 @@ import textwrap
 import threading
 import tracemalloc
 import weakref
+from pathlib import Path
 
 import pytest
+from render_helpers import Payload, Recorder
 
 from autofit_jaxviz import worker as worker_module
 from autofit_jaxviz.worker import QuickUpdateWorker
 
-JOIN = 30.0  # generous upper bound for joins; reaching it means a bug, not a slow machine
+ROOT = Path(__file__).resolve().parents[1]
+JOIN = 60.0  # generous upper bound for joins; reaching it means a bug, not a slow machine
 
 
-class Gate:
-    """A render function that records payloads and can be held mid-render."""
-
-    def __init__(self, hold_first: bool = True) -> None:
-        self.rendered: list[object] = []
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self.hold_first = hold_first
-        self.calls = 0
-
-    def __call__(self, payload: object) -> str:
-        self.calls += 1
-        if self.hold_first and self.calls == 1:
-            self.started.set()
-            assert self.release.wait(JOIN), "test never released the gate"
-        self.rendered.append(payload)
-        return f"rendered {payload}"
+@pytest.fixture(params=["thread", "process"])
+def backend(request) -> str:
+    return request.param
 
 
 @pytest.fixture
-def gate():
-    g = Gate()
-    yield g
-    g.release.set()
+def make(backend, tmp_path):
+    """Build a worker of the current backend and a Recorder; shut all down after."""
+    made: list[tuple[QuickUpdateWorker, Recorder]] = []
+
+    def factory(name="rec", **recorder_kwargs) -> tuple[QuickUpdateWorker, Recorder]:
+        worker_kwargs = {k: recorder_kwargs.pop(k) for k in ("min_interval", "on_rendered")
+                         if k in recorder_kwargs}
+        rec = Recorder(tmp_path / f"{name}.txt", **recorder_kwargs)
+        w = QuickUpdateWorker(rec, mode=backend, name=name, **worker_kwargs)
+        made.append((w, rec))
+        return w, rec
+
+    yield factory
+    for w, rec in made:
+        rec.release.set()
+        w.shutdown(JOIN)
 
 
-def test_slow_renderer_draws_first_and_last_only(gate):
-    w = QuickUpdateWorker(gate)
+def test_slow_renderer_draws_first_and_last_only(make):
+    w, rec = make(hold_on=0)
     assert w.submit(0)
-    assert gate.started.wait(JOIN)
+    assert rec.started.wait(JOIN)
     for i in range(1, 10):
         assert w.submit(i)
     assert w.stats.pending and w.stats.rendering
-    gate.release.set()
+    rec.release.set()
     assert w.flush(JOIN)
-    assert gate.rendered == [0, 9]
+    assert rec.rendered() == [0, 9]
     s = w.stats
     assert (s.submitted, s.rendered, s.superseded, s.failed) == (10, 2, 8, 0)
     assert w.shutdown(JOIN)
 
 
-def test_on_rendered_gets_payload_and_result():
+def test_on_rendered_gets_payload_and_result(make):
     seen = []
-    w = QuickUpdateWorker(lambda p: p * 2, on_rendered=lambda p, r: seen.append((p, r)))
+    w, rec = make(on_rendered=lambda p, r: seen.append((p, r)))
     w.submit(21)
     assert w.shutdown(JOIN)
-    assert seen == [(21, 42)]
+    assert len(seen) == 1 and seen[0][0] == 21
+    assert seen[0][1].startswith("rendered 21 in ")
 
 
-def test_many_concurrent_submitters_keep_order_and_final():
-    rendered: list[tuple[int, int]] = []
-    w = QuickUpdateWorker(rendered.append)
+def test_many_concurrent_submitters_keep_order_and_final(make):
+    w, rec = make()
     n_threads, per_thread = 8, 5000
     barrier = threading.Barrier(n_threads)
 
@@ -92,6 +94,7 @@ def test_many_concurrent_submitters_keep_order_and_final():
         assert not t.is_alive()
     w.submit(("final", 0))
     assert w.shutdown(JOIN)
+    rendered = rec.rendered()
     assert rendered[-1] == ("final", 0)
     s = w.stats
     assert s.submitted == n_threads * per_thread + 1
@@ -102,21 +105,14 @@ def test_many_concurrent_submitters_keep_order_and_final():
         assert mine == sorted(mine)
 
 
-class Payload:
-    __slots__ = ("i", "__weakref__")
-
-    def __init__(self, i: int) -> None:
-        self.i = i
-
-
-def test_100k_submits_keep_only_newest_alive_and_memory_flat(gate):
-    w = QuickUpdateWorker(lambda p: gate(p.i))
+def test_100k_submits_keep_only_newest_alive_and_memory_flat(make):
+    w, rec = make(hold_on=-1)
     refs: list[weakref.ref] = []
     first = Payload(-1)
     refs.append(weakref.ref(first))
     w.submit(first)
     del first
-    assert gate.started.wait(JOIN)  # the renderer is now held inside render(first)
+    assert rec.started.wait(JOIN)  # the renderer is now held inside render(first)
 
     tracemalloc.start()
     try:
@@ -136,23 +132,18 @@ def test_100k_submits_keep_only_newest_alive_and_memory_flat(gate):
     # 90,000 more payloads kept alive would cost several MB; none may be kept
     assert after - base < 256 * 1024, f"memory grew by {after - base} bytes"
     alive = [r for r in refs if r() is not None]
-    assert len(alive) == 1  # the one being rendered; slot holds #99999 (no weakref kept)
-    gate.release.set()
+    assert len(alive) == 1  # the one being rendered; the slot holds #99999
+    rec.release.set()
     assert w.flush(JOIN)
     gc.collect()
     assert all(r() is None for r in refs)
-    assert gate.rendered == [-1, 99_999]
-    w.shutdown(JOIN)
+    assert rec.rendered() == [-1, 99_999]
 
 
-def test_exceptions_never_reach_submitter_and_are_rate_limited(caplog, monkeypatch):
+def test_exceptions_never_reach_submitter_and_are_rate_limited(make, caplog, monkeypatch):
     monkeypatch.setattr(worker_module, "FAILURE_LOG_EVERY", 10)
     monkeypatch.setattr(worker_module, "FAILURE_LOG_SECONDS", float("inf"))
-
-    def broken(payload):
-        raise ValueError(f"bad payload {payload}")
-
-    w = QuickUpdateWorker(broken, name="broken")
+    w, rec = make(name="broken", behaviour="raise")
     with caplog.at_level(logging.ERROR, logger="autofit_jaxviz.worker"):
         for i in range(25):
             assert w.submit(i)
@@ -163,27 +154,20 @@ def test_exceptions_never_reach_submitter_and_are_rate_limited(caplog, monkeypat
     assert len(with_traceback) == 1
     assert "bad payload 0" in str(with_traceback[0].exc_info[1])
     summaries = [r.getMessage() for r in records if not r.exc_info]
-    assert summaries == [
-        "broken: 10 more quick-update renders failed (latest: ValueError: bad payload 10)",
-        "broken: 10 more quick-update renders failed (latest: ValueError: bad payload 20)",
-    ]
+    assert len(summaries) == 2
+    assert summaries[0].startswith("broken: 10 more quick-update renders failed")
+    assert "bad payload 10" in summaries[0] and "bad payload 20" in summaries[1]
     assert w.shutdown(JOIN)
 
 
-def test_not_implemented_turns_worker_off_after_one_info_line(caplog):
-    calls = []
-
-    def no_quick_update(payload):
-        calls.append(payload)
-        raise NotImplementedError
-
-    w = QuickUpdateWorker(no_quick_update)
+def test_not_implemented_turns_worker_off_after_one_info_line(make, caplog):
+    w, rec = make(behaviour="not-implemented")
     with caplog.at_level(logging.INFO, logger="autofit_jaxviz.worker"):
         assert w.submit(1)
         assert w.flush(JOIN)
         assert not w.enabled
         assert w.submit(2) is False
-    assert calls == [1]
+    assert rec.rendered() == [1]  # called once, never again
     infos = [r for r in caplog.records if "NotImplementedError" in r.getMessage()]
     assert len(infos) == 1 and infos[0].levelno == logging.INFO
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -191,90 +175,75 @@ def test_not_implemented_turns_worker_off_after_one_info_line(caplog):
     assert w.shutdown(JOIN)
 
 
-def test_hung_render_shutdown_returns_within_its_timeout(caplog):
-    never = threading.Event()
-    entered = threading.Event()
-
-    def hang(payload):
-        entered.set()
-        never.wait()
-
-    w = QuickUpdateWorker(hang, name="hung")
+def test_hung_render_shutdown_returns_within_its_timeout(make, caplog):
+    w, rec = make(name="hung", behaviour="hang")
     w.submit(1)
-    assert entered.wait(JOIN)
+    assert rec.started.wait(JOIN)
     result: list[bool] = []
-    caller = threading.Thread(target=lambda: result.append(w.shutdown(timeout=0.2)))
+    caller = threading.Thread(target=lambda: result.append(w.shutdown(timeout=0.5)))
     with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.worker"):
         caller.start()
         caller.join(JOIN)
-    try:
-        assert not caller.is_alive(), "shutdown hung past its timeout"
-        assert result == [False]
-        assert any("timed out" in r.getMessage() for r in caplog.records)
-    finally:
-        never.set()
+    assert not caller.is_alive(), "shutdown hung past its timeout"
+    assert result == [False]
+    assert any("timed out" in r.getMessage() for r in caplog.records)
 
 
-def test_shutdown_is_idempotent_and_rejects_later_submits():
-    rendered = []
-    w = QuickUpdateWorker(rendered.append)
+def test_shutdown_is_idempotent_and_rejects_later_submits(make):
+    w, rec = make()
     w.submit("a")
     assert w.shutdown(JOIN)
     assert w.shutdown(JOIN)
     assert w.submit("late") is False
-    assert rendered == ["a"]
+    assert rec.rendered() == ["a"]
     assert w.stats.rejected == 1
     assert not w.enabled
 
 
-def test_shutdown_renders_final_best_fit(gate):
-    w = QuickUpdateWorker(gate)
+def test_shutdown_renders_final_best_fit(make):
+    w, rec = make(hold_on=0)
     w.submit(0)
-    assert gate.started.wait(JOIN)
+    assert rec.started.wait(JOIN)
     for i in range(1, 50):
         w.submit(i)
-    # release from another thread only once shutdown is already waiting
-    releaser = threading.Timer(0, gate.release.set)
-    releaser.start()
-    assert w.shutdown(JOIN)
-    releaser.join(JOIN)
-    assert gate.rendered[-1] == 49
+    done: list[bool] = []
+    closer = threading.Thread(target=lambda: done.append(w.shutdown(JOIN)))
+    closer.start()  # shutdown is now waiting on the held render
+    rec.release.set()
+    closer.join(JOIN)
+    assert done == [True]
+    assert rec.rendered() == [0, 49]
 
 
-def test_flush_times_out_while_render_held_then_succeeds(gate):
-    w = QuickUpdateWorker(gate)
+def test_flush_times_out_while_render_held_then_succeeds(make):
+    w, rec = make(hold_on=0)
     w.submit(0)
-    assert gate.started.wait(JOIN)
+    assert rec.started.wait(JOIN)
     w.submit(1)
     assert w.flush(timeout=0.05) is False
-    gate.release.set()
+    rec.release.set()
     assert w.flush(JOIN) is True
-    assert gate.rendered == [0, 1]
-    w.shutdown(JOIN)
+    assert rec.rendered() == [0, 1]
 
 
-def test_flush_with_nothing_submitted_returns_at_once():
-    w = QuickUpdateWorker(lambda p: None)
+def test_flush_with_nothing_submitted_returns_at_once(make):
+    w, _ = make()
     assert w.flush(timeout=0)
     assert w.shutdown(JOIN)
 
 
-def test_flush_skips_min_interval():
-    rendered = []
-    w = QuickUpdateWorker(rendered.append, min_interval=3600.0)
+def test_flush_skips_min_interval(make):
+    w, rec = make(min_interval=3600.0)
     w.submit(0)
     assert w.flush(JOIN)
     w.submit(1)  # would wait an hour without the flush
     assert w.flush(JOIN)
-    assert rendered == [0, 1]
-    w.shutdown(JOIN)
+    assert rec.rendered() == [0, 1]
 
 
-def test_min_interval_holds_newer_payloads_back():
+def test_min_interval_holds_newer_payloads_back(make):
     first_done = threading.Event()
-    rendered = []
-    w = QuickUpdateWorker(rendered.append, min_interval=3600.0,
-                          on_rendered=lambda p, r: first_done.set())
+    w, rec = make(min_interval=3600.0, on_rendered=lambda p, r: first_done.set())
     w.submit(0)
     assert first_done.wait(JOIN)
     for i in range(1, 5):
@@ -282,7 +251,15 @@ def test_min_interval_holds_newer_payloads_back():
     s = w.stats
     assert s.pending and s.rendered == 1  # held by the interval, superseding each other
     assert w.shutdown(JOIN)
-    assert rendered == [0, 4]
+    assert rec.rendered() == [0, 4]
+
+
+def test_context_manager_shuts_down(backend, tmp_path):
+    rec = Recorder(tmp_path / "cm.txt")
+    with QuickUpdateWorker(rec, mode=backend) as w:
+        w.submit(1)
+        w.submit(2)
+    assert not w.enabled and rec.rendered()[-1] == 2
 
 
 def test_sync_mode_renders_inside_submit_and_swallows_errors():
@@ -302,18 +279,10 @@ def test_sync_mode_renders_inside_submit_and_swallows_errors():
     assert w.submit("late") is False
 
 
-def test_context_manager_shuts_down():
-    rendered = []
-    with QuickUpdateWorker(rendered.append) as w:
-        w.submit(1)
-        w.submit(2)
-    assert not w.enabled and rendered[-1] == 2
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"mode": "process!"}, "mode must be one of ('thread', 'sync'), got 'process!'"),
+        ({"mode": "gpu"}, "mode must be one of ('thread', 'process', 'sync'), got 'gpu'"),
         ({"min_interval": -1}, "min_interval must be a number >= 0 seconds, got -1"),
         ({"shutdown_timeout": 0}, "shutdown_timeout must be a number > 0 seconds, got 0"),
         ({"on_rendered": 3}, "on_rendered must be callable or None, got 3"),
@@ -321,37 +290,13 @@ def test_context_manager_shuts_down():
 )
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises((ValueError, TypeError)) as info:
-        QuickUpdateWorker(lambda p: None, **kwargs)
+        QuickUpdateWorker(print, **kwargs)
     assert str(info.value) == message
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_with_lock_held_gives_child_a_working_worker(tmp_path):
-    marker = tmp_path / "child.txt"
-
-    def render(p):
-        if os.getpid() != parent:
-            marker.write_text(repr(p))
-
-    parent = os.getpid()
-    w = QuickUpdateWorker(render)
-    w.submit("parent")
-    assert w.flush(JOIN)
-    with w._cond:  # the worst moment: the worker's lock is held while forking
-        pid = os.fork()
-    if pid == 0:  # child
-        ok = w.submit("child") and w.flush(10.0) and w.shutdown(10.0)
-        os._exit(0 if ok else 3)
-    status = _wait_pid(pid)
-    assert status == 0
-    assert marker.read_text() == "'child'"
-    assert w.submit("parent again") and w.flush(JOIN)
-    w.shutdown(JOIN)
-
-
-def _wait_pid(pid: int) -> int | None:
+def _wait_pid(pid: int) -> int:
     out: list[int] = []
+
     def reap() -> None:
         out.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 
@@ -367,47 +312,61 @@ def _wait_pid(pid: int) -> int | None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_during_render_child_does_not_deadlock(gate):
-    w = QuickUpdateWorker(gate)
-    w.submit(0)
-    assert gate.started.wait(JOIN)  # the parent's renderer is mid-render
-    pid = os.fork()
-    if pid == 0:
-        rendered = []
-        w._render = rendered.append  # the child's own render target
-        ok = w.submit("c") and w.flush(10.0) and rendered == ["c"]
+def test_fork_with_lock_held_gives_child_a_working_worker(make):
+    w, rec = make()
+    w.submit("parent")
+    assert w.flush(JOIN)
+    with w._cond:  # the worst moment: the worker's lock is held while forking
+        pid = os.fork()
+    if pid == 0:  # child
+        ok = w.submit("child") and w.flush(30.0) and w.shutdown(30.0)
         os._exit(0 if ok else 3)
     assert _wait_pid(pid) == 0
-    gate.release.set()
+    assert rec.rendered() == ["parent", "child"]
+    assert w.submit("parent again") and w.flush(JOIN)
+    assert rec.rendered() == ["parent", "child", "parent again"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_during_render_child_does_not_deadlock(make):
+    w, rec = make(hold_on=0)
+    w.submit(0)
+    assert rec.started.wait(JOIN)  # the parent's renderer is mid-render
+    pid = os.fork()
+    if pid == 0:
+        ok = w.submit("c") and w.flush(30.0) and w.shutdown(30.0)
+        os._exit(0 if ok else 3)
+    assert _wait_pid(pid) == 0
+    assert rec.rendered() == ["c"]
+    rec.release.set()
     assert w.flush(JOIN)
-    w.shutdown(JOIN)
+    assert rec.rendered() == ["c", 0]
 
 
-def test_interpreter_exit_renders_final_payload_without_explicit_shutdown(tmp_path):
+def test_interpreter_exit_renders_final_payload_without_explicit_shutdown(backend, tmp_path):
     out = tmp_path / "rendered.txt"
     script = textwrap.dedent(
         f"""
-        import atexit, threading
+        import atexit, sys
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from render_helpers import Recorder
         from autofit_jaxviz import QuickUpdateWorker
-        started, release = threading.Event(), threading.Event()
-        def render(p):
-            started.set()
-            release.wait(60)  # held mid-draw until the interpreter is exiting
-            with open({str(out)!r}, "a") as f:
-                f.write(f"{{p}}\\n")
-        w = QuickUpdateWorker(render)
-        w.submit(0)
-        started.wait(60)
-        for i in range(1, 100):
-            w.submit(i)
-        # atexit runs hooks last-in first-out: this one runs before the worker's
-        atexit.register(release.set)
+        if __name__ == "__main__":
+            rec = Recorder({str(out)!r}, hold_on=0)
+            w = QuickUpdateWorker(rec, mode={backend!r})
+            w.submit(0)
+            rec.started.wait(60)  # held mid-draw until the interpreter is exiting
+            for i in range(1, 100):
+                w.submit(i)
+            # atexit runs hooks last-in first-out: this one runs before the worker's
+            atexit.register(rec.release.set)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
+    script_path = tmp_path / "exit_script.py"
+    script_path.write_text(script)
+    proc = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "Fatal Python error" not in proc.stderr
     assert out.read_text().splitlines() == ["0", "99"]

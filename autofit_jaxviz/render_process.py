@@ -1,0 +1,276 @@
+"""Rendering in a separate, spawned process.
+
+A render thread shares the GIL with the sampler: a Python-bound sampler slows
+down and the render starves. This module moves the render itself into one
+long-lived child process, started with ``spawn`` so it inherits neither the
+sampler's threads nor its JAX state.
+
+``ProcessRender`` is a callable that the worker's (thread) renderer calls in
+place of the user's render function: it sends the payload down a pipe and
+waits for the child's answer with the GIL released. The worker therefore keeps
+its whole latest-only contract (one slot, flush, shutdown, stats) unchanged;
+only the drawing moves. The render function is pickled and sent **once**, when
+the child starts; each update sends only the payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: How many times a crashed child is replaced before the process backend gives up.
+MAX_RESTARTS = 3
+
+
+class RenderProcessError(RuntimeError):
+    """The child raised while rendering; carries its formatted traceback."""
+
+
+class RenderProcessDied(RuntimeError):
+    """The child exited (crash, ``os._exit``, out of memory) during a render."""
+
+
+class RenderCancelled(RuntimeError):
+    """The render was cut short because the worker is shutting down."""
+
+
+class _Reply:
+    OK = "ok"
+    ERROR = "error"
+    NOT_IMPLEMENTED = "not-implemented"
+    READY = "ready"
+
+
+def _child_main(conn: Connection, render: Callable[[Any], Any]) -> None:
+    """Entry point of the render process.
+
+    It lives in the library, not in the user's ``__main__``, so a render
+    started from a notebook still has an importable target. ``render`` arrives
+    pickled by ``spawn`` itself, so multiprocessing primitives inside it work.
+    """
+    import sys
+
+    if "matplotlib" in sys.modules:  # imported while unpickling the render
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+    conn.send((_Reply.READY, None))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone: never outlive it
+        if message is None:
+            return
+        try:
+            result = render(message)
+        except NotImplementedError:
+            conn.send((_Reply.NOT_IMPLEMENTED, None))
+            continue
+        except BaseException as error:  # noqa: BLE001
+            text = "".join(traceback.format_exception(error))
+            conn.send((_Reply.ERROR, text))
+            continue
+        try:
+            conn.send((_Reply.OK, result))
+        except Exception:
+            conn.send((_Reply.OK, None))  # an unpicklable result is not worth failing over
+
+
+def unpicklable_part(obj: Any, depth: int = 3) -> str | None:
+    """Name the attribute that stops ``obj`` from pickling (``None`` if it pickles).
+
+    Used to say *which* part of an analysis cannot cross to the render process,
+    rather than only that something could not.
+    """
+    try:
+        pickle.dumps(obj)
+        return None
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+    if depth > 0:
+        children: list[tuple[str, Any]] = []
+        if hasattr(obj, "__dict__"):
+            children += [(f".{k}", v) for k, v in vars(obj).items()]
+        closure = getattr(obj, "__closure__", None)
+        code = getattr(obj, "__code__", None)
+        if closure and code is not None:
+            children += [(f"<closure {n}>", c.cell_contents)
+                         for n, c in zip(code.co_freevars, closure, strict=False)]
+        if isinstance(obj, dict):
+            children += [(f"[{k!r}]", v) for k, v in obj.items()]
+        elif isinstance(obj, list | tuple):
+            children += [(f"[{i}]", v) for i, v in enumerate(obj)]
+        for name, child in children:
+            inner = unpicklable_part(child, depth - 1)
+            if inner is not None:
+                return name + (inner if inner.startswith((".", "[", "<")) else f" ({inner})")
+    return f"{type(obj).__name__} ({reason})"
+
+
+class ProcessRender:
+    """A render function that runs in a spawned child process.
+
+    Call it from one thread at a time (the worker's renderer does). The child is
+    started on the first call, so a run that never renders pays nothing; a child
+    that dies is replaced on the next call, at most ``max_restarts`` times.
+    When ``render`` cannot be pickled, this says so once and renders in the
+    calling thread instead (the thread backend).
+    """
+
+    def __init__(self, render: Callable[[Any], Any], *, name: str = "quick-update",
+                 max_restarts: int = MAX_RESTARTS) -> None:
+        self._render = render
+        self.name = name
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.fallback_reason: str | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.is_alive() else None
+
+    def __call__(self, payload: Any) -> Any:
+        if self._closed:
+            raise RenderCancelled(f"{self.name}: the render process is closed")
+        if self.fallback_reason is not None:
+            return self._render(payload)
+        with self._lock:
+            conn = self._ensure_child()
+            if conn is None:
+                return self._render(payload)
+            try:
+                conn.send(payload)
+                status, value = conn.recv()
+            except (EOFError, OSError) as error:
+                if self._closed:
+                    raise RenderCancelled(f"{self.name}: render stopped by shutdown") from None
+                code = self._reap()
+                self.restarts += 1
+                raise RenderProcessDied(
+                    f"{self.name}: the render process died during a render "
+                    f"(exit code {code}); restart {self.restarts} of {self.max_restarts}"
+                ) from error
+        if status == _Reply.OK:
+            return value
+        if status == _Reply.NOT_IMPLEMENTED:
+            raise NotImplementedError
+        raise RenderProcessError(f"{self.name}: the render process raised:\n{value}")
+
+    def _ensure_child(self) -> Connection | None:
+        if self._process is not None and self._process.is_alive() and self._conn is not None:
+            return self._conn
+        if self._process is not None:
+            self._reap()
+        if self.restarts > self.max_restarts:
+            raise RenderProcessDied(
+                f"{self.name}: the render process died {self.restarts} times; "
+                "not restarting it again"
+            )
+        context = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_child_main,
+            args=(child_conn, self._render),
+            name=f"{self.name}-render-process",
+            daemon=True,  # multiprocessing terminates it at interpreter exit
+        )
+        # The child must draw with a non-interactive backend whatever the
+        # parent uses; the variable is read before the child imports anything.
+        saved = os.environ.get("MPLBACKEND")
+        os.environ["MPLBACKEND"] = "Agg"
+        try:
+            process.start()
+        except Exception as error:
+            parent_conn.close()
+            child_conn.close()
+            part = unpicklable_part(self._render) or f"{type(error).__name__}: {error}"
+            return self._fall_back(f"the render function cannot be sent to a render process: "
+                                   f"{part}")
+        finally:
+            if saved is None:
+                os.environ.pop("MPLBACKEND", None)
+            else:
+                os.environ["MPLBACKEND"] = saved
+        child_conn.close()  # so the child's death is seen as EOF here
+        self.starts += 1
+        try:
+            parent_conn.recv()  # READY, sent once the render was unpickled
+        except (EOFError, OSError):
+            self._process, self._conn = process, parent_conn
+            code = self._reap()
+            if self.starts == 1:
+                # it never worked: most likely the child cannot import what the
+                # render needs (a class defined in a notebook's __main__, say)
+                return self._fall_back(
+                    f"the render process could not load the render function (exit code "
+                    f"{code}; its error is on stderr)")
+            self.restarts += 1
+            raise RenderProcessDied(
+                f"{self.name}: the render process exited while starting (exit code {code})"
+            ) from None
+        self._process, self._conn = process, parent_conn
+        return parent_conn
+
+    def _fall_back(self, reason: str) -> None:
+        self.fallback_reason = reason
+        logger.warning("%s: %s; rendering in a thread instead", self.name, reason)
+        return None
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's render process without touching it."""
+        self._process = self._conn = None
+        self._lock = threading.Lock()
+
+    def _reap(self) -> int | None:
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()
+        if process is None:
+            return None
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+        return process.exitcode
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the child: ask politely, then terminate, then kill. Idempotent.
+
+        Not under the render lock: a hung render must not stop the close.
+        """
+        self._closed = True
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if process is None:
+            return
+        if conn is not None:
+            try:
+                conn.send(None)
+            except (OSError, ValueError):
+                pass
+        process.join(timeout)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout)
+        if conn is not None:
+            conn.close()

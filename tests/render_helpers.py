@@ -1,0 +1,86 @@
+"""Render functions for the worker tests that work in both backends.
+
+They are plain module-level classes (so a spawned render process can unpickle
+them) and record what they drew in a file (so the test can read what the child
+process did). Their events come from the ``spawn`` context, so they work across
+the process boundary as well as between threads.
+"""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import os
+import threading
+from pathlib import Path
+
+CTX = multiprocessing.get_context("spawn")
+
+
+class Recorder:
+    """Appends ``repr(payload)`` to a file per render.
+
+    ``hold_on``: when this payload arrives, set ``started`` and wait for
+    ``release`` before drawing it. ``behaviour``: ``"ok"``, ``"raise"``
+    (ValueError), ``"not-implemented"``, ``"hang"`` (waits forever),
+    ``"exit-on"`` (the process dies with os._exit when ``payload == exit_on``).
+    """
+
+    def __init__(self, path: Path, *, hold_on: object = None, behaviour: str = "ok",
+                 exit_on: object = None) -> None:
+        self.path = str(path)
+        self.hold_on = hold_on
+        self.behaviour = behaviour
+        self.exit_on = exit_on
+        self.creator = os.getpid()
+        self.started = CTX.Event()
+        self.release = CTX.Event()
+
+    def __call__(self, payload: object) -> str:
+        key = getattr(payload, "i", payload)
+        if self.behaviour == "raise":
+            raise ValueError(f"bad payload {key}")
+        if self.behaviour == "not-implemented":
+            self._write(key)
+            raise NotImplementedError
+        if self.behaviour == "hang":
+            self.started.set()
+            if os.getpid() == self.creator:
+                self.release.wait()  # a thread: freed by the test's teardown
+            else:
+                # a render process, which shutdown terminates: never wait on a
+                # shared Condition here, a process killed inside its wait breaks it
+                threading.Event().wait()
+        if self.exit_on is not None and key == self.exit_on:
+            os._exit(7)
+        if self.hold_on is not None and key == self.hold_on:
+            self.started.set()
+            if not self.release.wait(60):
+                raise RuntimeError("test never released the gate")
+        self._write(key)
+        return f"rendered {key!r} in {os.getpid()}"
+
+    def _write(self, key: object) -> None:
+        with open(self.path, "a") as f:
+            f.write(repr(key) + "\n")
+
+    def rendered(self) -> list:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [ast.literal_eval(line) for line in f.read().splitlines()]
+
+
+class Payload:
+    """A payload that can be weak-referenced and pickled."""
+
+    __slots__ = ("i", "__weakref__")
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def __getstate__(self):
+        return self.i
+
+    def __setstate__(self, state):
+        self.i = state

@@ -1,0 +1,170 @@
+"""What only the process backend has: a child that can crash, be restarted,
+fail to start, or be orphaned by a parent that dies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from render_helpers import Recorder
+
+from autofit_jaxviz.render_process import MAX_RESTARTS, unpicklable_part
+from autofit_jaxviz.worker import QuickUpdateWorker
+
+ROOT = Path(__file__).resolve().parents[1]
+JOIN = 60.0
+
+
+def _gone_within(pid: int, timeout: float) -> bool:
+    """Wait for a process that is not our child to end (pidfd: no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+def test_render_runs_in_another_process(tmp_path):
+    seen = []
+    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), mode="process",
+                          on_rendered=lambda p, r: seen.append(r))
+    w.submit(1)
+    assert w.flush(JOIN)
+    child = w._process_render.pid
+    assert child is not None and child != os.getpid()
+    assert seen == [f"rendered 1 in {child}"]
+    assert w.stats.process_starts == 1
+    assert w.shutdown(JOIN)
+    assert _gone_within(child, JOIN)
+
+
+def test_child_crash_is_reported_and_replaced(tmp_path, caplog):
+    rec = Recorder(tmp_path / "r.txt", exit_on=2)
+    w = QuickUpdateWorker(rec, mode="process", name="crashy")
+    with caplog.at_level(logging.ERROR, logger="autofit_jaxviz.worker"):
+        w.submit(1)
+        assert w.flush(JOIN)
+        w.submit(2)  # the child dies with os._exit(7) drawing this one
+        assert w.flush(JOIN)
+        w.submit(3)  # drawn by a fresh child
+        assert w.flush(JOIN)
+    s = w.stats
+    assert (s.rendered, s.failed, s.process_starts, s.process_restarts) == (2, 1, 2, 1)
+    assert rec.rendered() == [1, 3]
+    assert any("exit code 7" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+    assert w.shutdown(JOIN)
+
+
+def test_restarts_are_bounded(tmp_path):
+    rec = Recorder(tmp_path / "r.txt", exit_on=0)
+    w = QuickUpdateWorker(rec, mode="process")
+    for _ in range(MAX_RESTARTS + 3):
+        assert w.submit(0)
+        assert w.flush(JOIN)
+    s = w.stats
+    assert s.failed == MAX_RESTARTS + 3  # every payload failed, none raised into us
+    assert s.process_starts == MAX_RESTARTS + 1  # then it stopped starting new children
+    assert w.shutdown(JOIN)
+
+
+class HoldsALock:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.guard = threading.Lock()
+
+    def __call__(self, payload):
+        Path(self.path).write_text(f"{payload} {os.getpid()}")
+
+
+def test_unpicklable_render_falls_back_to_thread_and_names_the_attribute(tmp_path, caplog):
+    render = HoldsALock(tmp_path / "out.txt")
+    assert unpicklable_part(render).startswith(".guard")
+    w = QuickUpdateWorker(render, mode="process", name="unpicklable")
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.render_process"):
+        w.submit(5)
+        assert w.flush(JOIN)
+        w.submit(6)
+        assert w.flush(JOIN)
+    assert (tmp_path / "out.txt").read_text() == f"6 {os.getpid()}"  # drawn here
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert ".guard" in warnings[0] and "rendering in a thread instead" in warnings[0]
+    assert w.stats.rendered == 2 and w.stats.process_starts == 0
+    assert w.shutdown(JOIN)
+
+
+def test_child_that_cannot_import_the_render_falls_back(tmp_path, caplog):
+    # A render defined in the parent's __main__ (as in a notebook) cannot be
+    # imported by a spawned child that runs another main. Simulate with a class
+    # whose module exists only in this process.
+    import types
+
+    module = types.ModuleType("only_in_parent")
+    exec(textwrap.dedent("""
+        class Render:
+            def __call__(self, payload):
+                return payload
+    """), module.__dict__)
+    sys.modules["only_in_parent"] = module
+    module.Render.__module__ = "only_in_parent"
+    try:
+        w = QuickUpdateWorker(module.Render(), mode="process", name="nomodule")
+        with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.render_process"):
+            w.submit(1)
+            assert w.flush(JOIN)
+        assert w.stats.rendered == 1
+        assert any("could not load the render function" in r.getMessage()
+                   for r in caplog.records)
+        assert w.shutdown(JOIN)
+    finally:
+        del sys.modules["only_in_parent"]
+
+
+@pytest.mark.slow
+def test_parent_killed_leaves_no_render_process(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from render_helpers import Recorder
+        from autofit_jaxviz import QuickUpdateWorker
+        if __name__ == "__main__":
+            w = QuickUpdateWorker(Recorder({str(tmp_path / "r.txt")!r}), mode="process")
+            w.submit(1)
+            w.flush(60)
+            print(w._process_render.pid, flush=True)
+            sys.stdin.read()  # wait to be killed
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        child = int(parent.stdout.readline())
+        assert not _gone_within(child, 0)
+        parent.kill()
+        parent.wait(JOIN)
+        assert _gone_within(child, JOIN), f"render process {child} outlived its parent"
+    finally:
+        parent.kill()
+
+
+def test_no_zombie_after_shutdown(tmp_path):
+    import multiprocessing
+
+    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), mode="process")
+    w.submit(1)
+    assert w.flush(JOIN)
+    process = w._process_render._process
+    assert w.shutdown(JOIN)
+    assert process.exitcode == 0  # joined (reaped), and it left on the polite request
+    assert process not in multiprocessing.active_children()
