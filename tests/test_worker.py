@@ -365,8 +365,10 @@ def test_interpreter_exit_renders_final_payload_without_explicit_shutdown(backen
     )
     script_path = tmp_path / "exit_script.py"
     script_path.write_text(script)
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, str(script_path)], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=120, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "Fatal Python error" not in proc.stderr
     assert out.read_text().splitlines() == ["0", "99"]
