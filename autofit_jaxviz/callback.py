@@ -96,6 +96,7 @@ __all__ = [
     "SinkStats",
     "TrackerState",
     "report",
+    "thinning_gate",
 ]
 
 #: After the first traceback, failures are logged at most every this many...
@@ -663,6 +664,33 @@ def report(
         clean, ok = best, best > -jnp.inf
     emit = _emitter(_host_fn(sink, spec, device_step=False, final=False))
     emit(ok, clean, jnp.zeros((), jnp.int32), flat)
+
+
+def thinning_gate(parameters: Any, every: int) -> Any:
+    """A stateless, traced bool that is true for about one call in ``every``.
+
+    For :func:`report` inside a likelihood someone else's sampler evaluates
+    many times per step (NUTS: every leapfrog step): without state there is no
+    counter, so the gate hashes the bits of the parameters instead. A sampler
+    proposes new points all the time, so which evaluations pass is effectively
+    random, and the callbacks drop by a factor of ``every``. Under ``vmap`` the
+    gate is per walker; ``report`` still calls back at most once per batch.
+    """
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"thinning_gate: every must be a positive int, got {every!r}")
+    jax, jnp, lax = _jax()
+    if every == 1:
+        return jnp.bool_(True)
+    leaves = [jnp.ravel(lax.stop_gradient(leaf)) for leaf in jax.tree_util.tree_leaves(parameters)]
+    if not leaves:
+        raise ValueError("thinning_gate: parameters has no array leaves")
+    flat = jnp.concatenate([leaf.astype(jnp.float32) for leaf in leaves])
+    bits = lax.bitcast_convert_type(flat, jnp.uint32)
+    # mix the bits (a multiplicative hash) so nearby points land in different buckets
+    mixed = jnp.bitwise_xor(bits, bits >> 16) * jnp.uint32(0x45D9F3B)
+    mixed = jnp.bitwise_xor(mixed, mixed >> 16)
+    digest = jnp.sum(mixed * jnp.arange(1, flat.shape[0] + 1, dtype=jnp.uint32))
+    return (digest % jnp.uint32(every)) == 0
 
 
 # --------------------------------------------------------------------------- the tracker

@@ -138,6 +138,7 @@ class ProcessRender:
         self._conn: Connection | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._ready = False
         self.starts = 0
 
     @property
@@ -172,7 +173,22 @@ class ProcessRender:
             raise NotImplementedError
         raise RenderProcessError(f"{self.name}: the render process raised:\n{value}")
 
+    def start(self) -> None:
+        """Spawn the child now instead of at the first render.
+
+        For callers that know the process is about to open files under a lock
+        (an HDF5 sampler backend, say): a fork-and-exec briefly duplicates every
+        open descriptor, so spawning *before* the sampler starts keeps the
+        child from ever holding a copy of one. Waiting for the child to be
+        ready still happens at the first render, off the calling thread.
+        """
+        with self._lock:
+            if self._process is None and self.fallback_reason is None and not self._closed:
+                self._spawn()
+
     def _ensure_child(self) -> Connection | None:
+        if self._process is not None and self._conn is not None and not self._ready:
+            return self._await_ready()
         if self._process is not None and self._process.is_alive() and self._conn is not None:
             return self._conn
         if self._process is not None:
@@ -182,6 +198,11 @@ class ProcessRender:
                 f"{self.name}: the render process died {self.restarts} times; "
                 "not restarting it again"
             )
+        if self._spawn() is None:
+            return None
+        return self._await_ready()
+
+    def _spawn(self) -> multiprocessing.process.BaseProcess | None:
         context = multiprocessing.get_context("spawn")
         parent_conn, child_conn = context.Pipe(duplex=True)
         process = context.Process(
@@ -209,10 +230,13 @@ class ProcessRender:
                 os.environ["MPLBACKEND"] = saved
         child_conn.close()  # so the child's death is seen as EOF here
         self.starts += 1
+        self._process, self._conn, self._ready = process, parent_conn, False
+        return process
+
+    def _await_ready(self) -> Connection | None:
         try:
-            parent_conn.recv()  # READY, sent once the render was unpickled
+            self._conn.recv()  # READY, sent once the render was unpickled
         except (EOFError, OSError):
-            self._process, self._conn = process, parent_conn
             code = self._reap()
             if self.starts == 1:
                 # it never worked: most likely the child cannot import what the
@@ -224,8 +248,8 @@ class ProcessRender:
             raise RenderProcessDied(
                 f"{self.name}: the render process exited while starting (exit code {code})"
             ) from None
-        self._process, self._conn = process, parent_conn
-        return parent_conn
+        self._ready = True
+        return self._conn
 
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason

@@ -214,6 +214,16 @@ class QuickUpdateWorker:
                 self._render_item(item)
         return True
 
+    def prestart(self) -> None:
+        """Start the render process now (``"process"`` mode; a no-op otherwise).
+
+        The worker normally starts it at the first render, so short runs pay
+        nothing. Call this before a sampler opens files it locks (see
+        :meth:`autofit_jaxviz.render_process.ProcessRender.start`).
+        """
+        if self._process_render is not None and not self._closing:
+            self._process_render.start()
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every payload submitted before this call is rendered or
         superseded. Returns ``False`` if ``timeout`` seconds passed first."""

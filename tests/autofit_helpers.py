@@ -1,0 +1,103 @@
+"""autofit's own example Gaussian, with a quick update that leaves evidence.
+
+A module of its own (not a test file) so a spawned render process can import
+the analysis class.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import autofit as af
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from autofit_jaxviz.display import write_png_atomically
+from autofit_jaxviz.flags import LiveUpdates
+
+N_DATA = 100
+
+
+def gaussian_data(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    x = np.arange(N_DATA)
+    truth = af.ex.Gaussian(centre=50.0, normalization=25.0, sigma=10.0)
+    data = truth.model_data_from(xvalues=x) + np.random.default_rng(seed).normal(0, 0.1, N_DATA)
+    return data, np.full(N_DATA, 0.1)
+
+
+def gaussian_model() -> af.Model:
+    model = af.Model(af.ex.Gaussian)
+    model.centre = af.UniformPrior(lower_limit=0.0, upper_limit=100.0)
+    model.normalization = af.LogUniformPrior(lower_limit=1e-2, upper_limit=1e2)
+    model.sigma = af.UniformPrior(lower_limit=0.0, upper_limit=30.0)
+    return model
+
+
+class MarkedAnalysis(LiveUpdates, af.ex.Analysis):
+    """Counts evaluations, remembers this process's best, and marks every quick update.
+
+    ``best_dir``: when set, every process appends each new best of its own to
+    ``best-<pid>.txt`` there (for forked pools, whose evaluations the parent
+    never sees). ``fail``: the quick update raises instead of drawing.
+    """
+
+    def __init__(self, *args, best_dir: str | None = None, fail: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.evaluations = 0
+        self.best = (-np.inf, None)
+        self.best_dir = best_dir
+        self.fail = fail
+
+    def log_likelihood_function(self, instance, *args, **kwargs):
+        value = super().log_likelihood_function(instance, *args, **kwargs)
+        if self.is_jax:
+            return value  # traced: no Python-side bookkeeping possible
+        self.evaluations += 1
+        if np.isfinite(value) and value > self.best[0]:
+            self.best = (float(value), _params(instance))
+            if self.best_dir is not None:
+                with open(Path(self.best_dir) / f"best-{os.getpid()}.txt", "a") as f:
+                    f.write(f"{float(value)!r} {' '.join(map(repr, self.best[1]))}\n")
+        return value
+
+    def perform_quick_update(self, paths, instance):
+        if self.fail:
+            raise ValueError("this visualizer always fails")
+        fig = Figure(figsize=(4, 3))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot(self.data, "k.")
+        ax.plot(np.asarray(instance.model_data_from(xvalues=np.arange(N_DATA))), "r-")
+        image = Path(paths.image_path)
+        write_png_atomically(fig, image / "fit.png")
+        with open(image / "markers.txt", "a") as f:
+            values = " ".join(map(repr, _params(instance)))
+            f.write(f"{values} {self.evaluations} {os.getpid()}\n")
+
+
+def _params(instance) -> tuple[float, float, float]:
+    return (float(instance.centre), float(instance.normalization), float(instance.sigma))
+
+
+def read_markers(root: Path) -> list[tuple[tuple[float, float, float], int, int]]:
+    """Every quick update drawn under ``root``: (parameters, evaluations then, pid)."""
+    found = sorted(Path(root).rglob("markers.txt"))
+    assert len(found) == 1, f"expected one markers.txt under {root}, found {found}"
+    rows = []
+    for line in found[0].read_text().splitlines():
+        *values, evaluations, pid = line.split()
+        rows.append((tuple(float(v) for v in values), int(evaluations), int(pid)))
+    return rows
+
+
+def read_best_files(directory: Path) -> tuple[float, tuple[float, ...]]:
+    """The best (log-likelihood, parameters) any process evaluated."""
+    best: tuple[float, tuple[float, ...]] = (-np.inf, ())
+    for path in Path(directory).glob("best-*.txt"):
+        for line in path.read_text().splitlines():
+            value, *params = map(float, line.split())
+            if value > best[0]:
+                best = (value, tuple(params))
+    return best

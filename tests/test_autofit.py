@@ -1,0 +1,240 @@
+"""The library inside real autofit fits: autofit 2026.10.x, its example Gaussian,
+real Emcee, Dynesty and BlackJAX NUTS searches with small budgets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+
+import autofit as af
+import numpy as np
+import pytest
+from autofit_helpers import (
+    MarkedAnalysis,
+    gaussian_data,
+    gaussian_model,
+    read_best_files,
+    read_markers,
+)
+from autonerves import conf
+
+import autofit_jaxviz.autofit as live
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def output_and_cleanup(tmp_path, monkeypatch):
+    monkeypatch.setattr(conf.instance, "output_path", str(tmp_path / "output"))
+    monkeypatch.chdir(tmp_path)
+    logging.getLogger("autofit").setLevel(logging.WARNING)
+    yield
+    live.disable()
+
+
+def _emcee(name: str, **kwargs) -> af.Emcee:
+    options = dict(nwalkers=20, nsteps=150, iterations_per_quick_update=300, silence=True,
+                   seed=1)
+    options.update(kwargs)
+    return af.Emcee(name=name, **options)
+
+
+def _analysis(**kwargs) -> MarkedAnalysis:
+    data, noise = gaussian_data()
+    return MarkedAnalysis(data=data, noise_map=noise, **kwargs)
+
+
+def test_not_enabled_means_plain_autofit():
+    from autofit.non_linear.fitness import Fitness
+    from autofit.non_linear.search.execution import SearchExecutionMixin
+
+    original = SearchExecutionMixin.make_fitness
+    live.enable()
+    assert SearchExecutionMixin.make_fitness is not original
+    live.disable()
+    assert SearchExecutionMixin.make_fitness is original
+    search = _emcee("plain")
+    fitness = search.make_fitness(analysis=_analysis(), model=gaussian_model())
+    assert type(fitness) is Fitness
+
+
+def test_version_check_names_found_version_and_range(monkeypatch):
+    import autofit
+
+    monkeypatch.setattr(autofit, "__version__", "2025.1.1.1")
+    with pytest.raises(RuntimeError) as info:
+        live.enable()
+    message = str(info.value)
+    assert "found autofit 2025.1.1.1" in message and ">=2026.10.26,<2026.11" in message
+    assert not live.is_enabled()
+
+
+def test_bad_setting_fails_at_enable():
+    from autofit_jaxviz.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'gpu'"):
+        live.enable(backend="gpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_emcee_draws_during_run_and_ends_on_the_best_fit(backend, tmp_path):
+    live.enable(background=True, backend=backend)
+    analysis = _analysis()
+    search = _emcee(f"emcee_{backend}", nsteps=400 if backend == "process" else 150)
+    fitness_seen = []
+    original_close = live._Hub.close
+
+    def close(hub, *args):
+        fitness_seen.append(hub.worker.stats)
+        return original_close(hub, *args)
+
+    live._Hub.close = close
+    try:
+        search.fit(model=gaussian_model(), analysis=analysis)
+    finally:
+        live._Hub.close = original_close
+    markers = read_markers(tmp_path / "output")
+    assert len(markers) >= 2
+    # drawn while the search was still running (the process backend first
+    # spends about a second starting its render process)
+    assert fitness_seen and fitness_seen[0].rendered >= (2 if backend == "thread" else 1)
+    final_params = markers[-1][0]
+    # the final image is of the best fit evaluated in the whole run
+    np.testing.assert_allclose(final_params, analysis.best[1], rtol=1e-12)
+    pids = {pid for _, _, pid in markers}
+    if backend == "thread":
+        assert pids == {os.getpid()}
+        # rendered while the sampler was still evaluating
+        assert min(evaluations for _, evaluations, _ in markers) < analysis.evaluations
+    else:
+        assert os.getpid() not in pids and len(pids) == 1
+    png = next((tmp_path / "output").rglob("fit.png"))
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_same_seed_same_samples_with_library_on_and_off():
+    def samples(name):
+        result = _emcee(name, nsteps=60).fit(model=gaussian_model(), analysis=_analysis())
+        return np.asarray(result.samples.parameter_lists)
+
+    off = samples("seeded_off")
+    live.enable(background=True)
+    on = samples("seeded_on")
+    np.testing.assert_array_equal(on, off)
+
+
+@pytest.mark.slow
+def test_two_core_pool_draws_global_best_in_the_parent(tmp_path):
+    best_dir = tmp_path / "best"
+    best_dir.mkdir()
+    live.enable(background=True)
+    analysis = _analysis(best_dir=str(best_dir))
+    _emcee("two_cores", number_of_cores=2).fit(model=gaussian_model(), analysis=analysis)
+    markers = read_markers(tmp_path / "output")
+    assert len(markers) >= 2
+    assert {pid for _, _, pid in markers} == {os.getpid()}
+    writers = {p.name for p in best_dir.glob("best-*.txt")}
+    assert len(writers - {f"best-{os.getpid()}.txt"}) >= 2  # the children evaluated
+    _, best_params = read_best_files(best_dir)
+    np.testing.assert_allclose(markers[-1][0], best_params, rtol=1e-12)
+
+
+def _dynesty(name: str) -> af.DynestyStatic:
+    return af.DynestyStatic(name=name, nlive=20, maxcall=600, iterations_per_quick_update=100,
+                            silence=True)
+
+
+@pytest.fixture
+def checkpoints(monkeypatch):
+    """Count dynesty's checkpoint saves (each one pickles the sampler and its Fitness)."""
+    import dynesty.nestedsamplers
+    import dynesty.utils
+
+    saved = []
+    original = dynesty.utils.save_sampler
+
+    def save_sampler(sampler, fname):
+        saved.append(fname)
+        return original(sampler, fname)
+
+    monkeypatch.setattr(dynesty.nestedsamplers, "save_sampler", save_sampler)
+    return saved
+
+
+@pytest.mark.slow
+def test_dynesty_checkpoint_fails_with_autofits_own_worker(monkeypatch, checkpoints):
+    # the control: the failure this library removes, reproduced with autofit alone
+    monkeypatch.setitem(conf.instance["general"]["updates"], "quick_update_background", True)
+    with pytest.raises(TypeError, match="pickle '_thread.lock'"):
+        _dynesty("dynesty_autofit").fit(model=gaussian_model(), analysis=_analysis())
+    assert checkpoints
+
+
+@pytest.mark.slow
+def test_dynesty_checkpoints_with_the_worker_on(tmp_path, monkeypatch, checkpoints):
+    # autofit's own background switch on too: ours replaces its thread
+    monkeypatch.setitem(conf.instance["general"]["updates"], "quick_update_background", True)
+    live.enable(background=True)
+    analysis = _analysis()
+    result = _dynesty("dynesty_ckpt").fit(model=gaussian_model(), analysis=analysis)
+    assert result is not None
+    assert checkpoints, "dynesty wrote no checkpoint"
+    markers = read_markers(tmp_path / "output")  # the sampling takes ~0.1 s: few are drawn
+    np.testing.assert_allclose(markers[-1][0], analysis.best[1], rtol=1e-12)
+
+
+def test_fitness_pickles_and_a_copy_finds_the_same_worker():
+    live.enable(background=True)
+    search = _emcee("pickling")
+    fitness = search.make_fitness(analysis=_analysis(), model=gaussian_model())
+    assert type(fitness).__name__ == "LiveFitness"
+    hub = live._hub_for(fitness)
+    copy = pickle.loads(pickle.dumps(fitness))
+    assert live._hub_for(copy) is hub  # same process: no second worker, no leaked thread
+    state = fitness.__getstate__()
+    assert not any(isinstance(v, threading.Thread | live.QuickUpdateWorker)
+                   for v in state.values())
+    fitness.shutdown_quick_update()
+
+
+@pytest.mark.slow
+def test_visualizer_that_always_raises_does_not_stop_the_fit(tmp_path, caplog):
+    live.enable(background=True)
+    analysis = _analysis(fail=True)
+    with caplog.at_level(logging.ERROR, logger="autofit_jaxviz.worker"):
+        result = _emcee("failing", nsteps=80).fit(model=gaussian_model(), analysis=analysis)
+    assert result.max_log_likelihood_instance is not None
+    errors = [r for r in caplog.records if r.name == "autofit_jaxviz.worker"]
+    assert errors and "this visualizer always fails" in str(errors[0].exc_info[1])
+    # model.results is still written on every quick update
+    assert list((tmp_path / "output").rglob("model.results"))
+
+
+@pytest.mark.slow
+def test_blackjax_nuts_draws_during_sampling(tmp_path):
+    pytest.importorskip("blackjax")
+    live.enable(background=True)
+    data, noise = gaussian_data()
+    analysis = MarkedAnalysis(data=data, noise_map=noise, use_jax=True)
+    rendered_before_close = []
+    original_close = live._Hub.close
+
+    def close(hub, *args):
+        hub.worker.flush(60)
+        rendered_before_close.append(hub.worker.stats.rendered)
+        return original_close(hub, *args)
+
+    live._Hub.close = close
+    try:
+        search = af.BlackJAXNUTS(name="nuts", num_warmup=50, num_samples=100, num_chains=2,
+                                 iterations_per_quick_update=10, silence=True, seed=2)
+        search.fit(model=gaussian_model(), analysis=analysis)
+    finally:
+        live._Hub.close = original_close
+    assert rendered_before_close and rendered_before_close[0] >= 3
+    markers = read_markers(tmp_path / "output")
+    assert len(markers) >= 3
