@@ -24,7 +24,7 @@ demo: venv
 	MPLBACKEND=Agg $(PY) -m autofit_jaxviz demo $(DEMO_ARGS)
 
 lint: venv
-	$(PY) -m ruff check autofit_jaxviz tests benchmarks
+	$(PY) -m ruff check autofit_jaxviz tests benchmarks examples
 
 test: venv lint
 	MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)
