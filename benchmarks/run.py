@@ -47,15 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown benchmark(s) {unknown}; known: {names}")
         names = [n for n in names if n in args.only]
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     for name in names:
         module = importlib.import_module(f"bench_{name}")
         print(f"== {name}", flush=True)
         body = module.run(repeats=args.repeats, quick=args.quick)
         print(body, flush=True)
-        text = replace_section(text, name, body)
         if not args.no_write:
-            DOC.write_text(text)  # after each, so a crash keeps what finished
+            # re-read before each write: a crash keeps what finished, and only
+            # this benchmark's section is replaced
+            text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+            DOC.write_text(replace_section(text, name, body))
     return 0
 
 
