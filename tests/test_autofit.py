@@ -242,3 +242,32 @@ def test_blackjax_nuts_draws_during_sampling(tmp_path):
     assert stats.submitted >= 3 and stats.rendered >= 2
     markers = read_markers(tmp_path / "output")
     assert len(markers) >= 2
+
+
+class _PlainAnalysis(af.ex.Analysis):
+    """No LiveUpdates: its quick update is not declared safe off the sampler thread."""
+
+    threads: list[str] = []
+
+    def perform_quick_update(self, paths, instance):
+        _PlainAnalysis.threads.append(threading.current_thread().name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("background", [False, True])
+def test_without_both_opt_ins_updates_stay_on_the_sampler_thread(background, caplog):
+    _PlainAnalysis.threads = []
+    live.enable(background=background)
+    data, noise = gaussian_data()
+    before = {t.name for t in threading.enumerate()}
+    with caplog.at_level(logging.INFO, logger="autofit_jaxviz.autofit"):
+        _emcee("plain_sync", nsteps=40).fit(model=gaussian_model(),
+                                            analysis=_PlainAnalysis(data=data, noise_map=noise))
+    assert _PlainAnalysis.threads and set(_PlainAnalysis.threads) == {"MainThread"}
+    assert not [t for t in threading.enumerate() if t.name not in before]
+    reasons = [r for r in caplog.records if "synchronously" in r.getMessage()]
+    assert len(reasons) == 1
+    if background:  # asked for and not granted: say why, loudly
+        assert reasons[0].levelno == logging.WARNING
+        assert "_PlainAnalysis does not declare supports_background_update" in \
+            reasons[0].getMessage()
