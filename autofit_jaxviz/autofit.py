@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -253,17 +254,19 @@ class _Hub:
             from autofit_jaxviz.display import guard_pyplot
 
             render = guard_pyplot(render)
-        self.on_rendered = display.on_rendered if display is not None else None
+        self.display_rendered = display.on_rendered if display is not None else None
         self.worker = QuickUpdateWorker(
             render, mode=self.mode, name=self.name,
             min_interval=settings.min_render_interval,
-            on_rendered=self.on_rendered,
+            on_rendered=self._on_rendered,
             shutdown_timeout=settings.shutdown_timeout,
         )
         self.shutdown_timeout = settings.shutdown_timeout
         # spawn before the sampler opens its HDF5 backend (see ProcessRender.start)
         self.worker.prestart()
-        self.best = -np.inf
+        self.best = -np.inf  # the best handed to the worker
+        self.best_fit: BestFit | None = None
+        self.drawn = -np.inf  # the best whose picture was drawn without an error
         self.lock = threading.Lock()
         self.channel = None
         self.children_best: tuple[float, list[float]] | None = None
@@ -305,8 +308,14 @@ class _Hub:
         with self.lock:
             if not best.log_likelihood > self.best:
                 return  # not better than what is already on its way: no new image
-            self.best = best.log_likelihood
+            self.best, self.best_fit = best.log_likelihood, best
         self.worker.submit(best)
+
+    def _on_rendered(self, best: BestFit, result: Any) -> None:
+        with self.lock:
+            self.drawn = max(self.drawn, best.log_likelihood)
+        if self.display_rendered is not None:
+            self.display_rendered(best, result)
 
     def _open_channel(self) -> None:
         # Fork-inherited: the children write their best to it, the parent's
@@ -350,15 +359,24 @@ class _Hub:
                 self.listener.join(self.shutdown_timeout)
         if self.sink is not None:
             self.sink.flush()
+        deadline = time.monotonic() + self.shutdown_timeout
         if vector is not None or self.children_best is not None:
             if vector is None:
                 vector, log_likelihood = self.children_best[1], -np.inf
             self.offer(vector, log_likelihood, step)
+        # The final best may have been handed on earlier and its picture failed
+        # (a full disk for a moment): draw it again, so the image left behind
+        # is of the fit that model.results names.
+        self.worker.flush(self.shutdown_timeout)
+        with self.lock:
+            redraw = self.best_fit if self.drawn < self.best else None
+        if redraw is not None:
+            self.worker.submit(redraw)
         with _hubs_lock:
             for key, hub in list(_hubs.items()):
                 if hub is self:
                     del _hubs[key]
-        return self.worker.shutdown(self.shutdown_timeout)
+        return self.worker.shutdown(max(0.0, deadline - time.monotonic()))
 
 
 def _notebook_display(settings: Settings) -> Any:

@@ -57,8 +57,16 @@ def _child_main(conn: Connection, render: Callable[[Any], Any]) -> None:
     started from a notebook still has an importable target. ``render`` arrives
     pickled by ``spawn`` itself, so multiprocessing primitives inside it work.
     """
+    import signal
     import sys
 
+    # Ctrl-C in a terminal reaches the whole process group: the sampler stops,
+    # but the render of the final best fit must still be allowed to finish.
+    # The parent ends this process (pipe closed, terminate, kill) when it is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A non-interactive backend whatever the parent uses, set here rather than
+    # in the parent's environment, which other threads may be reading.
+    os.environ["MPLBACKEND"] = "Agg"
     if "matplotlib" in sys.modules:  # imported while unpickling the render
         import matplotlib
 
@@ -211,10 +219,6 @@ class ProcessRender:
             name=f"{self.name}-render-process",
             daemon=True,  # multiprocessing terminates it at interpreter exit
         )
-        # The child must draw with a non-interactive backend whatever the
-        # parent uses; the variable is read before the child imports anything.
-        saved = os.environ.get("MPLBACKEND")
-        os.environ["MPLBACKEND"] = "Agg"
         try:
             process.start()
         except Exception as error:
@@ -223,11 +227,6 @@ class ProcessRender:
             part = unpicklable_part(self._render) or f"{type(error).__name__}: {error}"
             return self._fall_back(f"the render function cannot be sent to a render process: "
                                    f"{part}")
-        finally:
-            if saved is None:
-                os.environ.pop("MPLBACKEND", None)
-            else:
-                os.environ["MPLBACKEND"] = saved
         child_conn.close()  # so the child's death is seen as EOF here
         self.starts += 1
         self._process, self._conn, self._ready = process, parent_conn, False

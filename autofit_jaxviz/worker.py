@@ -268,18 +268,28 @@ class QuickUpdateWorker:
             if self._process_render is not None:
                 self._process_render.close()
             return True
-        finished = self.flush(timeout=max(0.0, deadline - time.monotonic()))
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        if thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if self._process_render is not None:
-            # stops the child even mid-render, which also frees a renderer
-            # thread blocked waiting for it
-            self._process_render.close(timeout=max(0.1, (deadline - time.monotonic()) / 3))
+        interrupted = True
+        try:
+            finished = self.flush(timeout=max(0.0, deadline - time.monotonic()))
+            with self._cond:
+                self._stopped = True
+                self._cond.notify_all()
             if thread is not threading.current_thread():
-                thread.join(max(0.1, deadline - time.monotonic()))
+                thread.join(max(0.0, deadline - time.monotonic()))
+            interrupted = False
+        finally:
+            # Also when a second Ctrl-C lands in the waits above: the render
+            # process must not outlive the shutdown that was asked for.
+            with self._cond:
+                self._stopped = True
+                self._cond.notify_all()
+            if self._process_render is not None:
+                # stops the child even mid-render, which also frees a renderer
+                # thread blocked waiting for it
+                left = 0.3 if interrupted else (deadline - time.monotonic()) / 3
+                self._process_render.close(timeout=max(0.1, left))
+                if not interrupted and thread is not threading.current_thread():
+                    thread.join(max(0.1, deadline - time.monotonic()))
         if thread.is_alive():
             logger.warning(
                 "%s: shutdown timed out after %.1f s with a render still running; "

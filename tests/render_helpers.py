@@ -84,3 +84,14 @@ class Payload:
 
     def __setstate__(self, state):
         self.i = state
+
+
+def matplotlib_backend(payload: object) -> str:
+    """Draw a figure with pyplot and say which backend drew it."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure()
+    figure.canvas.draw()
+    plt.close(figure)
+    return f"{matplotlib.get_backend()} {os.environ.get('MPLBACKEND')}"

@@ -15,9 +15,7 @@ best fit reaches the worker:
 
 "What the user sees at the end" is checked from evidence the render function
 leaves beside its picture (and the PNG's own title), never from timing.
-Synchronisation uses events, joins and ``flush``. Known bugs are
-``xfail(strict=True, raises=KnownBug)``: only the asserted defect counts as the
-expected failure, anything else fails the test.
+Synchronisation uses events, joins and ``flush``.
 """
 
 from __future__ import annotations
@@ -74,15 +72,6 @@ STRESS_SECONDS = 10.0
 STRESS_RSS_BUDGET = 64 * 2**20
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-class KnownBug(AssertionError):
-    """Raised only by the assertion that pins a known bug (see the xfail reasons)."""
-
-
-def known_bug(condition: bool, message: str) -> None:
-    if not condition:
-        raise KnownBug(message)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -466,11 +455,6 @@ def test_unwritable_output_is_reported_once_and_the_fit_continues(backend, path,
     assert UNWRITABLE[kind] in _logged(errors[0])  # saying why
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
-    "_Hub.offer_best remembers the best it *submitted*, not the best that was *drawn*: when "
-    "the render of the final best fails once (disk full for a moment) and the fit does not "
-    "improve again, _Hub.close() does not offer it again, so the picture left on disk is of "
-    "an older fit although model.results names the final one"))
 def test_final_best_is_redrawn_after_a_transient_write_failure(backend, path, autofit_env):
     live.enable(background=True, backend=backend)
     analysis = _analysis(fail_calls=(2,))  # the second quick update hits a full disk
@@ -483,8 +467,8 @@ def test_final_best_is_redrawn_after_a_transient_write_failure(backend, path, au
     assert "-10.0" in _model_results(autofit_env)
     markers = _only_markers(autofit_env)
     assert markers[0]["params"] == [50.0, 20.0, 10.0]
-    known_bug(markers[-1]["params"] == [50.0, 25.0, 10.0],
-              f"the last picture is of {markers[-1]['params']}, not of the final best fit")
+    assert markers[-1]["params"] == [50.0, 25.0, 10.0], \
+        f"the last picture is of {markers[-1]['params']}, not of the final best fit"
 
 
 # --------------------------------------------------------------------------- 6. KeyboardInterrupt
@@ -526,11 +510,7 @@ def test_keyboard_interrupt_in_a_sampler_loop(backend, path, segments, tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [
     "thread",
-    pytest.param("process", marks=pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
-        "Ctrl-C in a terminal sends SIGINT to the whole process group, render process "
-        "included: _child_main keeps Python's default SIGINT handler, so the render in "
-        "progress dies with KeyboardInterrupt (reported as a render failure) and the final "
-        "best fit it was drawing is never drawn"))),
+    "process",  # Ctrl-C reaches the render process too: it must finish the drawing
 ])
 def test_ctrl_c_in_a_terminal_still_draws_the_final_best_fit(backend, tmp_path):
     folder = tmp_path / "out"
@@ -544,16 +524,12 @@ def test_ctrl_c_in_a_terminal_still_draws_the_final_best_fit(backend, tmp_path):
     for pid in result["pids"]:
         assert gone_within(pid, JOIN), f"render process {pid} outlived the script"
     steps = [e["step"] for e in read_evidence(tmp_path / "evidence.jsonl")]
-    known_bug(steps[-1:] == [2] and result["stats"]["failed"] == 0,
-              f"pictures drawn: steps {steps}; stats {result['stats']}")
+    assert steps[-1:] == [2] and result["stats"]["failed"] == 0, \
+        f"pictures drawn: steps {steps}; stats {result['stats']}"
     assert png_text(folder / "fit.png")["Title"] == "fit step 2"
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
-    "QuickUpdateWorker.shutdown has no try/finally: a second Ctrl-C while it waits for a slow "
-    "render raises out of flush() before _process_render.close() runs, so the render process "
-    "(and the renderer thread blocked on it) live on in a notebook kernel until it exits"))
 def test_second_ctrl_c_during_shutdown_leaves_no_render_process(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
@@ -561,8 +537,8 @@ def test_second_ctrl_c_during_shutdown_leaves_no_render_process(tmp_path):
                                 evidence=str(tmp_path / "evidence.jsonl"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert result is not None and result["interrupted"], proc.stderr[-3000:]
-    known_bug(not result["child_alive"] and result["alive_children"] == [],
-              f"render process {result['child']} still running after the interrupted shutdown")
+    assert not result["child_alive"] and result["alive_children"] == [], \
+        f"render process {result['child']} still running after the interrupted shutdown"
 
 
 # --------------------------------------------------------------------------- 7. interpreter exit
@@ -776,56 +752,55 @@ def test_two_fits_each_draw_only_their_own(backend, when, autofit_env):
     assert live._hubs == {}
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
-    "ProcessRender._spawn sets os.environ['MPLBACKEND'] = 'Agg' around process.start() and "
-    "restores it afterwards, without a lock: two fits starting their render processes at the "
-    "same time (two threads) interleave, so one render process starts without "
-    "MPLBACKEND=Agg and the parent keeps MPLBACKEND=Agg for good"))
 def test_render_processes_started_at_once_keep_their_environment(tmp_path, monkeypatch):
+    """Two fits start their render processes at the same moment (two threads).
+    The parent's environment must never change under the user's other threads,
+    and each child must still draw with Agg whatever the parent asked for.
+    (A former version set MPLBACKEND in the parent around each start, unlocked.)"""
     from multiprocessing.context import SpawnProcess
 
-    monkeypatch.delenv("MPLBACKEND", raising=False)
+    from render_helpers import matplotlib_backend
+
+    users_backend = "module://backend_the_render_process_must_not_use"
+    monkeypatch.setenv("MPLBACKEND", users_backend)
     original = SpawnProcess._Popen
     entered = [threading.Event(), threading.Event()]
     proceed = [threading.Event(), threading.Event()]
-    launched: list[int] = []
+    seen_at_launch: list[str | None] = []
     calls = itertools.count()
 
     def gated(process):
         k = next(calls)
         entered[k].set()
         assert proceed[k].wait(JOIN)
-        popen = original(process)
-        launched.append(popen.pid)
-        return popen
+        seen_at_launch.append(os.environ.get("MPLBACKEND"))
+        return original(process)
 
     monkeypatch.setattr(SpawnProcess, "_Popen", staticmethod(gated))
-    workers = [QuickUpdateWorker(Scribe(tmp_path, tmp_path / f"{i}.jsonl"), mode="process",
-                                 name=f"fit-{i}") for i in range(2)]
+    drawn: list[str] = []
+    workers = [QuickUpdateWorker(matplotlib_backend, mode="process", name=f"fit-{i}",
+                                 on_rendered=lambda _p, result: drawn.append(result))
+               for i in range(2)]
     try:
         first = threading.Thread(target=workers[0].prestart)
         first.start()
-        assert entered[0].wait(JOIN)  # fit 0 has set MPLBACKEND and is starting its process
+        assert entered[0].wait(JOIN)  # fit 0 is inside process.start()
         second = threading.Thread(target=workers[1].prestart)
         second.start()
-        # Unlocked, fit 1 gets this far at once; with the fix it waits for fit 0, and
-        # this bounded wait is what lets fit 0 go on (it decides nothing when it expires).
-        both_inside = entered[1].wait(10.0)
-        proceed[0].set()
-        first.join(JOIN)  # fit 0's process starts; fit 0 restores the variable
+        assert entered[1].wait(JOIN)  # fit 1 too: the two starts overlap
+        assert os.environ["MPLBACKEND"] == users_backend
         proceed[1].set()
-        second.join(JOIN)  # then fit 1's process starts
-        assert not first.is_alive() and not second.is_alive() and len(launched) == 2
-        environments = []
-        for pid in launched:
-            raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            environments.append(dict(v.decode().partition("=")[::2] for v in raw if v))
-        known_bug(all(env.get("MPLBACKEND") == "Agg" for env in environments)
-                  and os.environ.get("MPLBACKEND") is None,
-                  f"render processes got MPLBACKEND={[e.get('MPLBACKEND') for e in environments]}"
-                  f"; the parent now has MPLBACKEND={os.environ.get('MPLBACKEND')!r} "
-                  f"(both starts overlapped: {both_inside})")
+        second.join(JOIN)
+        proceed[0].set()
+        first.join(JOIN)
+        assert not first.is_alive() and not second.is_alive()
+        assert seen_at_launch == [users_backend, users_backend]
+        for worker in workers:
+            worker.submit(1)
+            assert worker.flush(JOIN)
+        assert [d.lower() for d in drawn] == ["agg agg", "agg agg"]
+        assert [w.stats.process_starts for w in workers] == [1, 1]
     finally:
         for worker in workers:
             worker.shutdown(JOIN)
-        os.environ.pop("MPLBACKEND", None)  # a leak of the bug; monkeypatch restores the rest
+    assert os.environ["MPLBACKEND"] == users_backend
