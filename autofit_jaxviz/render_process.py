@@ -15,12 +15,17 @@ the child starts; each update sends only the payload.
 
 from __future__ import annotations
 
+import ast
+import io
 import logging
 import multiprocessing
+import multiprocessing.spawn
 import os
 import pickle
+import sys
 import threading
 import traceback
+import types
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -29,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 #: How many times a crashed child is replaced before the process backend gives up.
 MAX_RESTARTS = 3
+#: The render process's ``nice`` increment. Where a core is free it changes
+#: nothing; where the sampler keeps every core busy (XLA's threads do), the
+#: scheduler gives the sampler the CPU and the render waits (BENCHMARKS.md).
+RENDER_NICENESS = 10
 
 
 class RenderProcessError(RuntimeError):
@@ -50,7 +59,7 @@ class _Reply:
     READY = "ready"
 
 
-def _child_main(conn: Connection, render: Callable[[Any], Any]) -> None:
+def _child_main(conn: Connection, render: Callable[[Any], Any], niceness: int = 0) -> None:
     """Entry point of the render process.
 
     It lives in the library, not in the user's ``__main__``, so a render
@@ -58,12 +67,16 @@ def _child_main(conn: Connection, render: Callable[[Any], Any]) -> None:
     pickled by ``spawn`` itself, so multiprocessing primitives inside it work.
     """
     import signal
-    import sys
 
     # Ctrl-C in a terminal reaches the whole process group: the sampler stops,
     # but the render of the final best fit must still be allowed to finish.
     # The parent ends this process (pipe closed, terminate, kill) when it is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if niceness:
+        try:
+            os.nice(niceness)
+        except OSError:  # not permitted here: render at the sampler's priority
+            pass
     # A non-interactive backend whatever the parent uses, set here rather than
     # in the parent's environment, which other threads may be reading.
     os.environ["MPLBACKEND"] = "Agg"
@@ -78,7 +91,12 @@ def _child_main(conn: Connection, render: Callable[[Any], Any]) -> None:
         except (EOFError, OSError):
             return  # the parent is gone: never outlive it
         if message is None:
-            return
+            # Asked to stop: everything this process drew is written and
+            # closed, so skip the interpreter's teardown (matplotlib, the
+            # analysis's modules), which the fit would otherwise wait for.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         try:
             result = render(message)
         except NotImplementedError:
@@ -125,6 +143,91 @@ def unpicklable_part(obj: Any, depth: int = 3) -> str | None:
     return f"{type(obj).__name__} ({reason})"
 
 
+# --------------------------------------------------------------------------- __main__
+
+#: Marks the render processes whose parent's ``__main__`` must not be run again.
+_WITHOUT_MAIN = " (without __main__)"
+_filter_lock = threading.Lock()
+
+
+def _preparation_filter(original: Callable[[str], dict]) -> Callable[[str], dict]:
+    def get_preparation_data(name: str) -> dict:
+        data = original(name)
+        if name.endswith(_WITHOUT_MAIN):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data._autofit_jaxviz = True  # type: ignore[attr-defined]
+    return get_preparation_data
+
+
+def _install_preparation_filter() -> None:
+    """Let a render process start without re-running the user's script.
+
+    ``spawn`` runs the parent's main module again in every child (as
+    ``__mp_main__``) so that classes defined there can be unpickled. A fit
+    script without an ``if __name__ == "__main__":`` guard (PyAutoFit's
+    workspace scripts have none) would then run its whole fit a second time in
+    the render process. Processes whose name carries the marker skip that step;
+    every other process is left exactly as multiprocessing makes it.
+    """
+    with _filter_lock:
+        current = multiprocessing.spawn.get_preparation_data
+        if not getattr(current, "_autofit_jaxviz", False):
+            multiprocessing.spawn.get_preparation_data = _preparation_filter(current)
+
+
+class _MainFinder(pickle.Pickler):
+    """Pickles into nothing, noting the first class or function from ``__main__``."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
+        self.found: str | None = None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if self.found is None:
+            if isinstance(obj, type | types.FunctionType):
+                owner = obj
+            else:
+                owner = type(obj)
+            if getattr(owner, "__module__", None) == "__main__":
+                self.found = getattr(owner, "__qualname__", repr(owner))
+        return NotImplemented
+
+
+def needs_main(obj: Any) -> str | None:
+    """The name of a class or function from ``__main__`` that ``obj`` refers to, if any."""
+    finder = _MainFinder()
+    try:
+        finder.dump(obj)
+    except Exception:  # unpicklable further on: the spawn reports that itself
+        pass
+    return finder.found
+
+
+def main_is_guarded() -> bool:
+    """Whether the main script runs its work under ``if __name__ == "__main__":``."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path:
+        return False
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)  # noqa: SIM115
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            sides = [node.test.left, *node.test.comparators]
+            names = {n.id for n in sides if isinstance(n, ast.Name)}
+            values = {n.value for n in sides if isinstance(n, ast.Constant)}
+            if names == {"__name__"} and values == {"__main__"}:
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------- the process
+
+
 class ProcessRender:
     """A render function that runs in a spawned child process.
 
@@ -132,12 +235,14 @@ class ProcessRender:
     started on the first call, so a run that never renders pays nothing; a child
     that dies is replaced on the next call, at most ``max_restarts`` times.
     When ``render`` cannot be pickled, this says so once and renders in the
-    calling thread instead (the thread backend).
+    calling thread instead (the thread backend). The child lowers its own
+    priority by ``niceness`` so that it never takes a core the sampler wants.
     """
 
     def __init__(self, render: Callable[[Any], Any], *, name: str = "quick-update",
-                 max_restarts: int = MAX_RESTARTS) -> None:
+                 max_restarts: int = MAX_RESTARTS, niceness: int = RENDER_NICENESS) -> None:
         self._render = render
+        self.niceness = niceness
         self.name = name
         self.max_restarts = max_restarts
         self.restarts = 0
@@ -211,12 +316,23 @@ class ProcessRender:
         return self._await_ready()
 
     def _spawn(self) -> multiprocessing.process.BaseProcess | None:
+        from_main = needs_main(self._render)
+        suffix = _WITHOUT_MAIN
+        if from_main is not None:
+            if not main_is_guarded():
+                return self._fall_back(
+                    f"the render needs {from_main!r}, defined in __main__ (your script or "
+                    "notebook); a render process could only load it by running the script "
+                    "again, which has no `if __name__ == \"__main__\":` guard. Define it in "
+                    "an importable module (or add the guard) to render in a process")
+            suffix = ""  # the guarded script is imported again, as multiprocessing does
+        _install_preparation_filter()
         context = multiprocessing.get_context("spawn")
         parent_conn, child_conn = context.Pipe(duplex=True)
         process = context.Process(
             target=_child_main,
-            args=(child_conn, self._render),
-            name=f"{self.name}-render-process",
+            args=(child_conn, self._render, self.niceness),
+            name=f"{self.name}-render-process{suffix}",
             daemon=True,  # multiprocessing terminates it at interpreter exit
         )
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from render_helpers import Recorder
 
-from autofit_jaxviz.render_process import MAX_RESTARTS, unpicklable_part
+from autofit_jaxviz.render_process import MAX_RESTARTS, RENDER_NICENESS, unpicklable_part
 from autofit_jaxviz.worker import QuickUpdateWorker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +168,84 @@ def test_no_zombie_after_shutdown(tmp_path):
     assert w.shutdown(JOIN)
     assert process.exitcode == 0  # joined (reaped), and it left on the polite request
     assert process not in multiprocessing.active_children()
+
+
+def test_render_process_yields_the_cpu_to_the_sampler(tmp_path):
+    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), mode="process")
+    try:
+        w.submit(1)
+        assert w.flush(JOIN)  # the child lowers its priority before it says it is ready
+        child = w._process_render.pid
+        parent = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(19, parent + RENDER_NICENESS)
+    finally:
+        assert w.shutdown(JOIN)
+
+
+MAIN_SCRIPT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+with open({runs!r}, "a") as f:  # every run of this script's top level leaves a line
+    f.write(f"{{os.getpid()}}\\n")
+from render_helpers import Recorder
+from autofit_jaxviz import QuickUpdateWorker
+
+class MainRender:  # defined in the script, so only its __main__ knows it
+    def __init__(self, path):
+        self.path = path
+    def __call__(self, payload):
+        with open(self.path, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        return os.getpid()
+
+def fit():
+    render = MainRender({drawn!r}) if {in_main} else Recorder({drawn!r})
+    w = QuickUpdateWorker(render, mode="process", name="script")
+    w.submit(1)
+    assert w.flush(60)
+    assert w.shutdown(60)
+    print("FALLBACK" if w.stats.process_starts == 0 else "PROCESS", os.getpid(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("guard, in_main, expected", [
+    (False, False, "PROCESS"),  # a workspace-style script: never run a second time
+    (True, False, "PROCESS"),
+    (True, True, "PROCESS"),  # multiprocessing's contract: the guarded script is imported
+    (False, True, "FALLBACK"),  # importing it would run the fit again: say so, use a thread
+])
+def test_the_users_script_never_runs_twice(tmp_path, guard, in_main, expected):
+    runs, drawn = tmp_path / "runs.txt", tmp_path / "drawn.txt"
+    body = MAIN_SCRIPT.format(tests=str(ROOT / "tests"), runs=str(runs), drawn=str(drawn),
+                              in_main=in_main)
+    body += 'if __name__ == "__main__":\n    fit()\n' if guard else "fit()\n"
+    script = tmp_path / "fit_script.py"
+    script.write_text(body)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=JOIN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcome, pid = proc.stdout.split()
+    assert outcome == expected, proc.stderr[-3000:]
+    top_level_runs = runs.read_text().split()
+    if guard and in_main:  # the render process imported the script's top level once
+        assert len(top_level_runs) == 2 and top_level_runs[0] == pid
+    else:
+        assert top_level_runs == [pid]
+    drew_in = drawn.read_text().split()
+    assert len(drew_in) == 1 and (drew_in[0] == pid) == (expected == "FALLBACK")
+    if expected == "FALLBACK":
+        assert "'MainRender', defined in __main__" in proc.stderr
+        assert "rendering in a thread instead" in proc.stderr
+
+
+def test_needs_main_names_the_class_from_main():
+    import __main__
+    from autofit_jaxviz.render_process import needs_main
+
+    cls = type("FromMain", (), {"__module__": "__main__"})
+    __main__.FromMain = cls
+    try:
+        assert needs_main({"render": [cls()]}) == "FromMain"
+        assert needs_main(Recorder(Path("x"))) is None
+    finally:
+        delattr(__main__, "FromMain")
