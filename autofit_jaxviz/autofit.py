@@ -239,11 +239,13 @@ class _Hub:
             logging.INFO
         logger.log(level, "%s", decision.reason)
         self.mode = decision.mode
-        self.render = AutofitRender(
-            fitness.analysis, fitness.model, fitness.paths,
-            convert=needs_host_conversion(fitness.analysis),
-            lock_pyplot=self.mode == "thread",
-        )
+        render_args = (fitness.analysis, fitness.model, fitness.paths)
+        convert = needs_host_conversion(fitness.analysis)
+        if self.mode == "process" and not settings.user_set("backend"):
+            self.mode = _process_or_thread(AutofitRender(*render_args, convert=convert,
+                                                         lock_pyplot=False), self.name)
+        self.render = AutofitRender(*render_args, convert=convert,
+                                    lock_pyplot=self.mode == "thread")
         render: Callable[[BestFit], Any] = self.render
         display = _notebook_display(settings)
         if display is not None:
@@ -377,6 +379,26 @@ class _Hub:
                 if hub is self:
                     del _hubs[key]
         return self.worker.shutdown(max(0.0, deadline - time.monotonic()))
+
+
+def _process_or_thread(render: AutofitRender, name: str) -> str:
+    """The default backend is ``process``; where this fit cannot use it (an
+    analysis defined in a notebook, say), use a thread and say why, as
+    information: nobody asked for the process."""
+    from autofit_jaxviz.render_process import main_is_guarded, needs_main, unpicklable_part
+
+    from_main = needs_main(render)
+    if from_main is not None and not main_is_guarded():
+        reason = f"it needs {from_main!r} from __main__ (a notebook or an unguarded script)"
+    else:
+        part = unpicklable_part(render)
+        reason = None if part is None else f"it cannot be pickled: {part}"
+    if reason is None:
+        return "process"
+    logger.info("%s: rendering in a thread, not in a render process (the default), because "
+                "%s; define the analysis in an importable module to render in a process",
+                name, reason)
+    return "thread"
 
 
 def _notebook_display(settings: Settings) -> Any:

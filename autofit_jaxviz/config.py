@@ -200,7 +200,7 @@ class Settings:
     """
 
     background: bool = False
-    backend: Backend = "thread"
+    backend: Backend = "process"
     min_render_interval: float = 0.0
     notebook_display: bool = True
     shutdown_timeout: float = 30.0
@@ -213,6 +213,13 @@ class Settings:
             source = self.sources.get(key, "Settings argument")
             object.__setattr__(self, key, _validate(key, getattr(self, key), source, False))
         object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
+
+    def user_set(self, key: str) -> bool:
+        """Whether ``key`` was set by someone (keyword, environment, a config
+        file) rather than left at a default: a fallback from a value the user
+        chose is a warning, from a default only information."""
+        source = self.sources.get(key, "built-in default")
+        return not (source == "built-in default" or source.endswith("(packaged default)"))
 
     def describe(self) -> str:
         """One line per setting, ``key = value  (source)``, for a start-up log."""

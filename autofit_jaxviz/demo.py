@@ -705,7 +705,7 @@ def run_demo(
     *,
     steps: int = DEFAULT_STEPS,
     warmup: int = DEFAULT_WARMUP,
-    backend: str = "thread",
+    backend: str = "process",
     seed: int = 0,
     every: int = 1,
     visualize: bool = True,
@@ -874,10 +874,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N", help="warm-up (step size and mass matrix adaptation) steps, part of the "
                           f"same jitted scan; 0 skips adaptation (default: {DEFAULT_WARMUP})")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="thread",
-        help="where images are drawn: a background thread, a spawned render process, or "
+        "--backend", choices=BACKENDS, default="process",
+        help="where images are drawn: a spawned render process, a background thread, or "
              "inline in the sampler's host callback (sync, which stalls the sampler) "
-             "(default: thread)")
+             "(default: process)")
     parser.add_argument(
         "--seed", type=_int_at_least(0, "an integer >= 0"), default=0, metavar="N",
         help="seed of the simulated noise and of the sampler (default: 0)")

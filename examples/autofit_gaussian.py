@@ -47,7 +47,8 @@ class GaussianAnalysis(LiveUpdates, af.ex.Analysis):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500, help="Emcee steps (default 1500)")
-    parser.add_argument("--backend", choices=["thread", "process"], default="thread")
+    parser.add_argument("--backend", choices=["thread", "process"], default=None,
+                        help="default: the configuration's jaxviz.backend (process)")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be a positive integer, got {args.steps}")

@@ -128,17 +128,20 @@ def test_same_seed_same_samples_with_library_on_and_off():
 
 
 @pytest.mark.slow
-def test_two_core_pool_draws_global_best_in_the_parent(tmp_path):
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_two_core_pool_draws_global_best_in_the_parent(tmp_path, backend):
     best_dir = tmp_path / "best"
     best_dir.mkdir()
-    live.enable(background=True)
+    live.enable(background=True, backend=backend)
     analysis = _analysis(best_dir=str(best_dir))
     _emcee("two_cores", number_of_cores=2).fit(model=gaussian_model(), analysis=analysis)
     markers = read_markers(tmp_path / "output")
     assert len(markers) >= 2
-    assert {pid for _, _, pid in markers} == {os.getpid()}
+    (drawn_by,) = {pid for _, _, pid in markers}  # one renderer for the whole pool
     writers = {p.name for p in best_dir.glob("best-*.txt")}
     assert len(writers - {f"best-{os.getpid()}.txt"}) >= 2  # the children evaluated
+    assert f"best-{drawn_by}.txt" not in writers - {f"best-{os.getpid()}.txt"}  # no child drew
+    assert (drawn_by == os.getpid()) == (backend == "thread")  # else: the render process
     _, best_params = read_best_files(best_dir)
     np.testing.assert_allclose(markers[-1][0], best_params, rtol=1e-12)
 
@@ -271,3 +274,26 @@ def test_without_both_opt_ins_updates_stay_on_the_sampler_thread(background, cap
         assert reasons[0].levelno == logging.WARNING
         assert "_PlainAnalysis does not declare supports_background_update" in \
             reasons[0].getMessage()
+
+
+@pytest.mark.parametrize("asked", [None, "process"])
+def test_an_analysis_that_cannot_go_to_a_render_process_is_drawn_in_a_thread(asked, caplog):
+    """The default backend is a render process; an analysis it cannot take (here
+    one holding a lock) is drawn in a thread, as information when nobody asked
+    for the process, as a warning naming the attribute when someone did."""
+    live.enable(background=True, backend=asked, notebook_display=False)
+    analysis = _analysis()
+    analysis.lock = threading.Lock()
+    search = _emcee("unpicklable", iterations_per_quick_update=1)
+    with caplog.at_level(logging.INFO, logger="autofit_jaxviz"):
+        fitness = search.make_fitness(analysis=analysis, model=gaussian_model())
+        hub = live._hub_for(fitness)
+        fitness.manage_quick_update(np.array([50.0, 25.0, 10.0]), np.array(-10.0))
+        assert hub.worker.flush(60)
+        fitness.shutdown_quick_update()
+    assert hub.worker.stats.rendered >= 1 and hub.worker.stats.process_starts == 0
+    said = [r for r in caplog.records if ".lock" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].levelno == (logging.INFO if asked is None else logging.WARNING)
+    assert "rendering in a thread" in said[0].getMessage()
+    assert hub.mode == ("thread" if asked is None else "process")

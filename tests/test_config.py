@@ -68,11 +68,12 @@ def test_default_is_off_and_comes_from_the_packaged_file() -> None:
     settings = load_settings()
     assert settings.background is False
     assert settings == Settings()  # the packaged YAML and the dataclass agree
-    assert settings.backend == "thread"
+    assert settings.backend == "process"
     assert settings.min_render_interval == 0.0
     assert settings.notebook_display is True
     assert settings.shutdown_timeout == 30.0
     assert dict(settings.sources) == dict.fromkeys(config.SETTING_KEYS, PACKAGED)
+    assert not any(settings.user_set(key) for key in config.SETTING_KEYS)
 
 
 def test_packaged_file_has_autofit_layout_and_a_comment_per_key() -> None:
@@ -109,8 +110,9 @@ def test_each_level_overrides_the_next(workspace, monkeypatch: pytest.MonkeyPatc
     assert settings.min_render_interval == 0.5
     assert settings.sources["min_render_interval"] == str(path)
     assert settings.background is True
-    assert settings.backend == "thread"  # not in the workspace: packaged default
+    assert settings.backend == "process"  # not in the workspace: packaged default
     assert settings.sources["backend"] == PACKAGED
+    assert settings.user_set("background") and not settings.user_set("backend")
 
     monkeypatch.setenv("AUTOFIT_JAXVIZ_MIN_RENDER_INTERVAL", "1.5")
     monkeypatch.setenv("AUTOFIT_JAXVIZ_BACKGROUND", "off")
@@ -308,10 +310,10 @@ def test_broken_packaged_default_names_the_file(
 def test_unknown_env_var_is_reported_not_silently_ignored(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("AUTOFIT_JAXVIZ_BAKCEND", "process")
+    monkeypatch.setenv("AUTOFIT_JAXVIZ_BAKCEND", "thread")
     with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.config"):
         settings = load_settings()
-    assert settings.backend == "thread"
+    assert settings.backend == "process"
     assert "AUTOFIT_JAXVIZ_BAKCEND" in caplog.text
     assert "AUTOFIT_JAXVIZ_BACKEND" in caplog.text
 

@@ -113,9 +113,9 @@ def test_non_boolean_flag_is_an_error() -> None:
         (OFF, Plain(), "sync"),
         (OFF, PlainLive(), "sync"),
         (ON, Plain(), "sync"),
-        (ON, PlainLive(), "thread"),
-        (Settings(background=True, backend="process"), PlainLive(), "process"),
-        (ON, LiveAnalysis(np.zeros(1)), "thread"),
+        (ON, PlainLive(), "process"),  # the default backend
+        (Settings(background=True, backend="thread"), PlainLive(), "thread"),
+        (ON, LiveAnalysis(np.zeros(1)), "process"),
         (ON, Analysis(np.zeros(1)), "sync"),
     ],
 )
@@ -135,7 +135,7 @@ def test_reasons_say_why() -> None:
     assert "Plain does not declare supports_background_update" in reason
     assert "environment variable X" in reason and "LiveUpdates" in reason
     _, reason = decide_update_mode(ON, PlainLive())
-    assert "thread backend" in reason and "PlainLive declares" in reason
+    assert "process backend" in reason and "PlainLive declares" in reason
 
 
 def test_one_log_line_warning_when_the_request_is_not_granted(
@@ -145,6 +145,6 @@ def test_one_log_line_warning_when_the_request_is_not_granted(
     with caplog.at_level(logging.INFO, logger="test_flags"):
         assert log_update_mode(ON, Plain(), log).mode == "sync"
         assert log_update_mode(OFF, Plain(), log).mode == "sync"
-        assert log_update_mode(ON, PlainLive(), log).mode == "thread"
+        assert log_update_mode(ON, PlainLive(), log).mode == "process"
     levels = [r.levelno for r in caplog.records if r.name == "test_flags"]
     assert levels == [logging.WARNING, logging.INFO, logging.INFO]

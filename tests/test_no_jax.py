@@ -67,7 +67,7 @@ SCRIPT = textwrap.dedent(
         pass
 
     mode, reason = decide_update_mode(settings, Analysis())
-    assert mode == ("thread" if EXPECT_BACKGROUND else "sync"), reason
+    assert mode == ("process" if EXPECT_BACKGROUND else "sync"), reason
     assert needs_host_conversion(Analysis())
 
     class Profile:
