@@ -56,6 +56,8 @@ from bench_autofit import (
     verdict,
 )
 
+from autofit_jaxviz.render_process import RENDER_NICENESS
+
 PIXELS = 256
 TRUTH = np.array([125.2, 134.8, 16.8, 10.0, 1.0, 0.2], np.float32)  # x, y, sigma, amp, bg, e
 #: Far from the truth with small steps: the chain is still converging for most of the
@@ -81,13 +83,15 @@ def _image(theta: Any, yy: Any, xx: Any) -> Any:
     return bg + amp * jnp.exp(-0.5 * r2 / (sigma * sigma))
 
 
-def scan_sampler(variant: str, steps: int, every: int, pin: bool = False) -> dict[str, Any]:
+def scan_sampler(variant: str, steps: int, every: int, pin: bool = False,
+                 niceness: int | None = None) -> dict[str, Any]:
     """Time one jitted random-walk Metropolis run (in a child interpreter).
 
     ``variant``: ``none`` (no tracker), ``thread``, ``process``, or ``noop`` (the
     tracker and a thread worker whose render only appends a marker line).
     ``pin``: the sampler (and XLA's threads) on CPU 0 only, the render process
-    (if any) on CPU 1 only.
+    (if any) on CPU 1 only. ``niceness``: the render process's nice increment
+    (``None``: the library's default).
     """
     quiet()
     if pin:  # before JAX starts its threads, which inherit it
@@ -115,6 +119,8 @@ def scan_sampler(variant: str, steps: int, every: int, pin: bool = False) -> dic
         worker = QuickUpdateWorker(FigureRender(str(out_dir), draw=variant != "noop"),
                                    mode=mode, name="bench")
         tracker = BestFitTracker(worker, every=every)
+        if niceness is not None and mode == "process":
+            worker._process_render.niceness = niceness
         if pin and mode == "process":
             worker.prestart()
             os.sched_setaffinity(worker._process_render.pid, {1})
@@ -250,7 +256,7 @@ def run(repeats: int = 5, quick: bool = False) -> str:
     """The Markdown section for BENCHMARKS.md."""
     started = time.perf_counter()
     repeats = 1 if quick else max(3, repeats)
-    nwalkers, nsteps, cadence = 30, (200 if quick else 500), 100
+    nwalkers, nsteps, cadence = 30, (200 if quick else 1500), 100
     steps, every = (20_000 if quick else 100_000), EVERY
 
     print("== process: Emcee", file=sys.stderr, flush=True)
@@ -260,19 +266,21 @@ def run(repeats: int = 5, quick: bool = False) -> str:
 
     print("== process: jitted scan", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    scan_cases = {  # name: (variant, every, pinned)
-        "none": ("none", every, False), "noop": ("noop", every, False),
-        "thread": ("thread", every, False), "process": ("process", every, False),
-        "noop-dense": ("noop", DENSE_EVERY, False),
+    scan_cases = {  # name: (variant, every, pinned, niceness)
+        "none": ("none", every, False, None), "noop": ("noop", every, False, None),
+        "thread": ("thread", every, False, None), "process": ("process", every, False, None),
+        "process-nice0": ("process", every, False, 0),
+        "noop-dense": ("noop", DENSE_EVERY, False, None),
     }
     pinning = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
     if pinning:
-        scan_cases.update({"none-pinned": ("none", every, True),
-                           "process-pinned": ("process", every, True)})
+        scan_cases.update({"none-pinned": ("none", every, True, None),
+                           "process-pinned": ("process", every, True, None)})
     scan = interleave(
-        {name: (lambda v=v, e=e, pin=pin: run_child(
-            "bench_process", "scan_sampler", dict(variant=v, steps=steps, every=e, pin=pin)))
-         for name, (v, e, pin) in scan_cases.items()},
+        {name: (lambda v=v, e=e, pin=pin, nice=nice: run_child(
+            "bench_process", "scan_sampler",
+            dict(variant=v, steps=steps, every=e, pin=pin, niceness=nice)))
+         for name, (v, e, pin, nice) in scan_cases.items()},
         repeats,
     )
     scan_seconds = time.perf_counter() - t
@@ -324,7 +332,10 @@ def run(repeats: int = 5, quick: bool = False) -> str:
         "has a core the sampler does not use:\n\n"
     )
     labels = {"none": "no tracker (no updates)", "noop": "tracker, no-op render (thread)",
-              "thread": "tracker, thread backend", "process": "tracker, process backend",
+              "thread": "tracker, thread backend",
+              "process": f"tracker, process backend (render process at nice +{RENDER_NICENESS})",
+              "process-nice0": "tracker, process backend, render process at the sampler's "
+                               "priority",
               "noop-dense": f"tracker every={DENSE_EVERY}, no-op render (thread)",
               "none-pinned": "pinned: no tracker, sampler on CPU 0",
               "process-pinned": "pinned: process backend, render process on CPU 1"}
@@ -337,8 +348,8 @@ def run(repeats: int = 5, quick: bool = False) -> str:
         draws = [r.get("draw_mean", 0) for r in runs if r.get("draw_mean", 0) > 0]
         rows.append([labels[name], f"{max(rates[name]):,.0f} / {med:,.0f}",
                      fmt_ratio(times[name], times[bases.get(name, "none")]),
-                     fmt_ratio(times[name], times["noop"]) if name in ("thread", "process")
-                     else "-",
+                     fmt_ratio(times[name], times["noop"])
+                     if name in ("thread", "process", "process-nice0") else "-",
                      "-" if name.startswith("none") else fmt_count(runs, "submitted"),
                      "-" if name.startswith("none") else fmt_count(runs, "rendered_during"),
                      f"{statistics.median(draws) * 1e3:.0f}" if draws else "-",
