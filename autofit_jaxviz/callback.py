@@ -681,6 +681,7 @@ def thinning_gate(parameters: Any, every: int) -> Any:
     jax, jnp, lax = _jax()
     if every == 1:
         return jnp.bool_(True)
+    every = min(every, 2**32 - 1)  # the digest is a uint32; beyond that "almost never" holds
     leaves = [jnp.ravel(lax.stop_gradient(leaf)) for leaf in jax.tree_util.tree_leaves(parameters)]
     if not leaves:
         raise ValueError("thinning_gate: parameters has no array leaves")

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 from jax import lax
 
-from autofit_jaxviz.callback import BestFitTracker, HostSink, TrackerState, report
+from autofit_jaxviz.callback import (
+    BestFitTracker,
+    HostSink,
+    TrackerState,
+    report,
+    thinning_gate,
+)
 from autofit_jaxviz.payload import BestFit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -621,3 +627,28 @@ def test_package_imports_without_jax() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("every", [1, 7, 50, 1000])
+def test_thinning_gate_passes_about_one_in_every(every) -> None:
+    """A sampler's proposals are effectively random bits: the gate keeps ~1/every."""
+    points = jax.random.normal(jax.random.key(3), (200_000, 3)) * 10.0 + 50.0
+    passed = jax.jit(jax.vmap(lambda p: thinning_gate(p, every)))(points)
+    fraction = float(jnp.mean(passed))
+    sigma = np.sqrt((1 / every) * (1 - 1 / every) / points.shape[0])
+    assert abs(fraction - 1 / every) <= 5 * sigma + 1e-12, (fraction, 1 / every)
+    again = jax.jit(jax.vmap(lambda p: thinning_gate(p, every)))(points)
+    assert bool(jnp.all(passed == again))  # a function of the point, nothing else
+
+
+def test_thinning_gate_with_a_cadence_beyond_32_bits() -> None:
+    # autofit cadences may be huge (anything below its 1e99 "never")
+    points = jax.random.normal(jax.random.key(4), (10_000, 3))
+    passed = jax.jit(jax.vmap(lambda p: thinning_gate(p, 10**12)))(points)
+    assert int(jnp.sum(passed)) == 0
+
+
+@pytest.mark.parametrize("every", [0, -3, 2.5, True, "50"])
+def test_thinning_gate_names_a_bad_every(every) -> None:
+    with pytest.raises(ValueError, match=f"every must be a positive int, got {every!r}"):
+        thinning_gate(jnp.zeros(3), every)
