@@ -447,6 +447,7 @@ def _build_live_fitness() -> type:
         def _jaxviz_setup(self, settings: Settings, cores: int, in_jit: bool) -> None:
             self._jaxviz_key = uuid.uuid4().hex
             self._jaxviz_settings = {k: getattr(settings, k) for k in SETTING_KEYS}
+            self._jaxviz_settings["sources"] = dict(settings.sources)  # who chose what
             self._jaxviz_in_jit = in_jit
             self._jaxviz_evaluations = 0
             with _hubs_lock:

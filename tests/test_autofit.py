@@ -198,6 +198,11 @@ def test_fitness_pickles_and_a_copy_finds_the_same_worker():
     hub = live._hub_for(fitness)
     copy = pickle.loads(pickle.dumps(fitness))
     assert live._hub_for(copy) is hub  # same process: no second worker, no leaked thread
+    # a copy resumed in another process rebuilds the same settings, sources included
+    # (a fallback from a default backend is information, from a chosen one a warning)
+    restored, enabled = live.Settings(**copy._jaxviz_settings), live._state["settings"]
+    assert restored == enabled and dict(restored.sources) == dict(enabled.sources)
+    assert restored.user_set("background") and not restored.user_set("backend")
     state = fitness.__getstate__()
     assert not any(isinstance(v, threading.Thread | live.QuickUpdateWorker)
                    for v in state.values())
