@@ -192,6 +192,15 @@ class AutofitRender:
         self.lock_pyplot = lock_pyplot
         self.has_visual = True
 
+    def warm_up(self) -> None:
+        """Run by a render process before it says it is ready: the imports and
+        font loading of a first picture, paid before the fit needs one."""
+        from autofit.text import text_util  # noqa: F401
+
+        from autofit_jaxviz.display import warm_up_matplotlib
+
+        warm_up_matplotlib()
+
     def __call__(self, best: BestFit) -> Path | None:
         from autofit.text import text_util
 

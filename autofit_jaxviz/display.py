@@ -32,6 +32,7 @@ display off; nothing switches it on against them.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -112,6 +113,25 @@ def switched_off_reason(
 
 
 # ---------------------------------------------------------------- PNG files
+
+
+def warm_up_matplotlib() -> bool:
+    """Draw and encode one tiny figure with text, so that the first real
+    picture does not pay for matplotlib's lazy imports and font loading
+    (measured: the first autofit quick update 0.69 s, the next ones 0.15 s).
+    Returns ``False`` when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(1, 1), dpi=20)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], label="warm-up")
+    ax.set_title("warm-up")
+    ax.legend()
+    FigureCanvasAgg(fig).print_png(io.BytesIO())
+    return True
 
 
 def write_png_atomically(fig_or_bytes: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:

@@ -84,6 +84,12 @@ def _child_main(conn: Connection, render: Callable[[Any], Any], niceness: int = 
         import matplotlib
 
         matplotlib.use("Agg", force=True)
+    warm_up = getattr(render, "warm_up", None)
+    if callable(warm_up):  # optional: the first picture's imports, paid before it is due
+        try:
+            warm_up()
+        except Exception:  # an optimisation only; the render itself will say what is wrong
+            pass
     conn.send((_Reply.READY, None))
     while True:
         try:

@@ -95,3 +95,16 @@ def matplotlib_backend(payload: object) -> str:
     figure.canvas.draw()
     plt.close(figure)
     return f"{matplotlib.get_backend()} {os.environ.get('MPLBACKEND')}"
+
+
+class WarmingRecorder(Recorder):
+    """A Recorder with the optional ``warm_up`` hook a render process calls first."""
+
+    def __init__(self, path: Path, *, warm_up_fails: bool = False) -> None:
+        super().__init__(path)
+        self.warm_up_fails = warm_up_fails
+
+    def warm_up(self) -> None:
+        self._write(f"warm-up in {os.getpid()}")
+        if self.warm_up_fails:
+            raise RuntimeError("warm-up failed")

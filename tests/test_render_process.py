@@ -249,3 +249,38 @@ def test_needs_main_names_the_class_from_main():
         assert needs_main(Recorder(Path("x"))) is None
     finally:
         delattr(__main__, "FromMain")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_render_process_warms_up_before_the_first_render(tmp_path, fails):
+    from render_helpers import WarmingRecorder
+
+    w = QuickUpdateWorker(WarmingRecorder(tmp_path / "r.txt", warm_up_fails=fails),
+                          mode="process")
+    try:
+        w.submit(1)
+        w.submit(2)
+        assert w.flush(JOIN)
+        child = w._process_render.pid
+        drawn = WarmingRecorder(tmp_path / "r.txt").rendered()
+        # once, in the render process, before anything is drawn; a failed warm-up
+        # is only a lost optimisation
+        assert drawn[0] == f"warm-up in {child}" and drawn[1:] in ([1, 2], [2])
+        assert w.stats.failed == 0
+    finally:
+        assert w.shutdown(JOIN)
+
+
+def test_autofit_render_warm_up_loads_matplotlib_in_a_fresh_interpreter():
+    code = textwrap.dedent("""
+        import sys
+        from autofit_jaxviz.display import warm_up_matplotlib
+        assert "matplotlib.backends.backend_agg" not in sys.modules
+        assert warm_up_matplotlib() is True
+        assert "matplotlib.backends.backend_agg" in sys.modules
+        import matplotlib.font_manager as fm
+        assert fm.fontManager.ttflist  # fonts found and cached for the first real picture
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=JOIN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
