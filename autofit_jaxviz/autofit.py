@@ -357,32 +357,34 @@ class _Hub:
 
     def _become_local(self) -> None:
         self.owner = os.getpid()
-        self.best = -np.inf
+        self.best = self.drawn = -np.inf
         self.lock = threading.Lock()
 
     def close(self, vector: Any, log_likelihood: float, step: int) -> bool:
         """End of the fit: draw the global best (whatever the cadence), then stop."""
         if os.getpid() != self.owner:
             return True  # a child: the parent owns the worker
+        deadline = time.monotonic() + self.shutdown_timeout
         if self.channel is not None:
             self.channel.put(None)
             if self.listener is not None:
-                self.listener.join(self.shutdown_timeout)
+                self.listener.join(max(0.0, deadline - time.monotonic()))
         if self.sink is not None:
             self.sink.flush()
-        deadline = time.monotonic() + self.shutdown_timeout
         if vector is not None or self.children_best is not None:
             if vector is None:
                 vector, log_likelihood = self.children_best[1], -np.inf
             self.offer(vector, log_likelihood, step)
         # The final best may have been handed on earlier and its picture failed
         # (a full disk for a moment): draw it again, so the image left behind
-        # is of the fit that model.results names.
-        self.worker.flush(self.shutdown_timeout)
-        with self.lock:
-            redraw = self.best_fit if self.drawn < self.best else None
-        if redraw is not None:
-            self.worker.submit(redraw)
+        # is of the fit that model.results names. Only once everything handed
+        # on has finished (a render still running is not a failure), and only
+        # for a visualizer that has worked at least once.
+        if self.worker.flush(max(0.0, deadline - time.monotonic())):
+            with self.lock:
+                redraw = self.best_fit if self.drawn < self.best else None
+            if redraw is not None and self.worker.stats.rendered > 0:
+                self.worker.submit(redraw)
         with _hubs_lock:
             for key, hub in list(_hubs.items()):
                 if hub is self:

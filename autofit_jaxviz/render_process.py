@@ -72,9 +72,10 @@ def _child_main(conn: Connection, render: Callable[[Any], Any], niceness: int = 
     # but the render of the final best fit must still be allowed to finish.
     # The parent ends this process (pipe closed, terminate, kill) when it is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if niceness:
+    nice = getattr(os, "nice", None)  # POSIX only
+    if niceness and nice is not None:
         try:
-            os.nice(niceness)
+            nice(niceness)
         except OSError:  # not permitted here: render at the sampler's priority
             pass
     # A non-interactive backend whatever the parent uses, set here rather than
@@ -184,11 +185,20 @@ def _install_preparation_filter() -> None:
             multiprocessing.spawn.get_preparation_data = _preparation_filter(current)
 
 
+class _Discard(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
 class _MainFinder(pickle.Pickler):
-    """Pickles into nothing, noting the first class or function from ``__main__``."""
+    """Pickles into nothing (no copy of a large analysis is kept), noting the
+    first class or function from ``__main__``."""
 
     def __init__(self) -> None:
-        super().__init__(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
+        super().__init__(_Discard(), protocol=pickle.HIGHEST_PROTOCOL)
         self.found: str | None = None
 
     def reducer_override(self, obj: Any) -> Any:
@@ -212,23 +222,77 @@ def needs_main(obj: Any) -> str | None:
     return finder.found
 
 
+#: Calls a script may make at its top level and still be safe to import again
+#: (setting up paths, warnings, logging, a matplotlib backend, JAX flags).
+_SET_UP_MODULES = frozenset({"os", "sys", "warnings", "logging", "matplotlib", "jax"})
+
+
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, ast.Attribute | ast.Call | ast.Subscript):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _only_set_up_calls(node: ast.AST) -> bool:
+    return all(_root_name(call.func) in _SET_UP_MODULES
+               for call in ast.walk(node) if isinstance(call, ast.Call))
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)):
+        return False
+    test = node.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, *test.comparators]
+    names = {n.id for n in sides if isinstance(n, ast.Name)}
+    values = {n.value for n in sides if isinstance(n, ast.Constant)}
+    return names == {"__name__"} and values == {"__main__"}
+
+
+def _defines_only(node: ast.stmt) -> bool:
+    """Imports, definitions, docstrings, plain assignments and set-up calls:
+    what is safe to run again when a render process imports the script."""
+    if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.AsyncFunctionDef
+                  | ast.ClassDef | ast.Pass):
+        return True
+    if isinstance(node, ast.Expr | ast.Assign | ast.AnnAssign | ast.AugAssign):
+        return _only_set_up_calls(node)
+    if isinstance(node, ast.If | ast.Try):
+        blocks = [node.body, node.orelse]
+        if isinstance(node, ast.Try):
+            blocks += [node.finalbody, *(h.body for h in node.handlers)]
+        return _only_set_up_calls(getattr(node, "test", ast.Pass())) and all(
+            _defines_only(inner) for block in blocks for inner in block)
+    return False
+
+
+def source_is_guarded(source: str) -> bool:
+    """Whether a script does its work only under ``if __name__ == "__main__":``.
+
+    Conservative: any top-level statement that may do work outside the guard
+    (a call other than set-up, a loop, a ``with``) makes it unguarded, because
+    importing it in a render process would do that work again.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    guards = [node for node in tree.body if _is_main_guard(node)]
+    return bool(guards) and all(_defines_only(node) for node in tree.body
+                                if not _is_main_guard(node))
+
+
 def main_is_guarded() -> bool:
-    """Whether the main script runs its work under ``if __name__ == "__main__":``."""
+    """:func:`source_is_guarded` for the running main script (``False`` for a notebook)."""
     path = getattr(sys.modules.get("__main__"), "__file__", None)
     if not path:
         return False
     try:
-        tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)  # noqa: SIM115
-    except (OSError, SyntaxError, ValueError):
+        with open(path, encoding="utf-8") as f:
+            return source_is_guarded(f.read())
+    except OSError:
         return False
-    for node in tree.body:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
-            sides = [node.test.left, *node.test.comparators]
-            names = {n.id for n in sides if isinstance(n, ast.Name)}
-            values = {n.value for n in sides if isinstance(n, ast.Constant)}
-            if names == {"__name__"} and values == {"__main__"}:
-                return True
-    return False
 
 
 # --------------------------------------------------------------------------- the process
@@ -329,8 +393,9 @@ class ProcessRender:
                 return self._fall_back(
                     f"the render needs {from_main!r}, defined in __main__ (your script or "
                     "notebook); a render process could only load it by running the script "
-                    "again, which has no `if __name__ == \"__main__\":` guard. Define it in "
-                    "an importable module (or add the guard) to render in a process")
+                    "again, and the script does work outside an `if __name__ == \"__main__\":` "
+                    "guard. Define it in an importable module (or put the script's work under "
+                    "the guard) to render in a process")
             suffix = ""  # the guarded script is imported again, as multiprocessing does
         _install_preparation_filter()
         context = multiprocessing.get_context("spawn")
@@ -355,9 +420,15 @@ class ProcessRender:
         return process
 
     def _await_ready(self) -> Connection | None:
+        conn = self._conn
         try:
-            self._conn.recv()  # READY, sent once the render was unpickled
+            if conn is None:
+                raise EOFError
+            conn.recv()  # READY, sent once the render was unpickled (and warmed up)
         except (EOFError, OSError):
+            if self._closed:  # shut down while it was starting: not a load failure
+                raise RenderCancelled(f"{self.name}: render process stopped while starting") \
+                    from None
             code = self._reap()
             if self.starts == 1:
                 # it never worked: most likely the child cannot import what the
@@ -370,7 +441,7 @@ class ProcessRender:
                 f"{self.name}: the render process exited while starting (exit code {code})"
             ) from None
         self._ready = True
-        return self._conn
+        return conn
 
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason

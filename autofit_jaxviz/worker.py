@@ -290,20 +290,25 @@ class QuickUpdateWorker:
                 self._process_render.close(timeout=max(0.1, left))
                 if not interrupted and thread is not threading.current_thread():
                     thread.join(max(0.1, deadline - time.monotonic()))
+        # how long the render that outlived the timeout had been running (the
+        # caller may have waited for it before calling shutdown)
+        running = time.monotonic() - self._last_render_start
         if thread.is_alive():
             logger.warning(
-                "%s: shutdown timed out after %.1f s with a render still running; "
+                "%s: shutdown timed out (%.1f s) with a render still running after %.1f s; "
                 "the renderer thread is abandoned (daemon)",
                 self.name,
                 timeout,
+                running,
             )
             return False
         if not finished:
             logger.warning(
-                "%s: shutdown timed out after %.1f s; the render in progress was stopped "
-                "with its render process",
+                "%s: shutdown timed out (%.1f s) with a render still running after %.1f s; "
+                "it was stopped with its render process",
                 self.name,
                 timeout,
+                running,
             )
         return finished
 

@@ -108,3 +108,18 @@ class WarmingRecorder(Recorder):
         self._write(f"warm-up in {os.getpid()}")
         if self.warm_up_fails:
             raise RuntimeError("warm-up failed")
+
+
+class SlowToLoad(Recorder):
+    """A Recorder whose unpickling in the render process waits for ``release``
+    (after setting ``loading``): a render process that is still starting."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.loading = CTX.Event()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if os.getpid() != self.creator:
+            self.loading.set()
+            self.release.wait(60)

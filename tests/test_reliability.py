@@ -471,6 +471,43 @@ def test_final_best_is_redrawn_after_a_transient_write_failure(backend, path, au
         f"the last picture is of {markers[-1]['params']}, not of the final best fit"
 
 
+def test_a_final_render_still_running_at_close_is_not_drawn_twice(path, autofit_env, caplog):
+    """Closing while the final best is still being drawn (past shutdown_timeout) is
+    not a failure of that picture: it must not be queued a second time."""
+    started, release = threading.Event(), threading.Event()
+    base = type(_analysis())
+
+    class SlowAnalysis(base):
+        def perform_quick_update(self, paths, instance):
+            if self.quick_calls == 1:  # the second picture: the final best, slow
+                started.set()
+                assert release.wait(JOIN)
+            return super().perform_quick_update(paths, instance)
+
+    live.enable(background=True, backend="thread", shutdown_timeout=0.5)
+    data, noise = gaussian_data()
+    fitness = live_fitness(path, SlowAnalysis(data=data, noise_map=noise), gaussian_model(),
+                           name="slow_close")
+    hub = live._hub_for(fitness)
+    for step, (vector, log_likelihood) in enumerate([([50.0, 20.0, 10.0], -100.0),
+                                                     ([50.0, 25.0, 10.0], -10.0)]):
+        if path == "host":
+            fitness.manage_quick_update(np.array(vector), np.array(log_likelihood))
+        else:
+            hub.offer_best(BestFit(log_likelihood, np.array(vector), step))
+        if step == 0:
+            assert hub.worker.flush(JOIN)  # the first picture is drawn normally
+    assert started.wait(JOIN)
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz"):
+        fitness.shutdown_quick_update()  # gives up after 0.5 s, the render still running
+    assert any("timed out" in r.getMessage() for r in caplog.records)
+    release.set()
+    hub.worker._thread.join(JOIN)
+    assert not hub.worker._thread.is_alive()
+    markers = _only_markers(autofit_env)
+    assert [m["params"] for m in markers] == [[50.0, 20.0, 10.0], [50.0, 25.0, 10.0]]
+
+
 # --------------------------------------------------------------------------- 6. KeyboardInterrupt
 
 

@@ -185,10 +185,12 @@ def test_render_process_yields_the_cpu_to_the_sampler(tmp_path):
 MAIN_SCRIPT = """
 import os, sys
 sys.path.insert(0, {tests!r})
-with open({runs!r}, "a") as f:  # every run of this script's top level leaves a line
-    f.write(f"{{os.getpid()}}\\n")
 from render_helpers import Recorder
 from autofit_jaxviz import QuickUpdateWorker
+
+class RunMarker:  # its body runs whenever this script's top level runs
+    with open({runs!r}, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
 
 class MainRender:  # defined in the script, so only its __main__ knows it
     def __init__(self, path):
@@ -207,27 +209,31 @@ def fit():
     print("FALLBACK" if w.stats.process_starts == 0 else "PROCESS", os.getpid(), flush=True)
 """
 
+GUARDED = 'if __name__ == "__main__":\n    fit()\n'
+#: Guarded in name only: the work is done at the top level, the guard holds the rest.
+HALF_GUARDED = 'result = fit()\nif __name__ == "__main__":\n    print(result)\n'
 
-@pytest.mark.parametrize("guard, in_main, expected", [
-    (False, False, "PROCESS"),  # a workspace-style script: never run a second time
-    (True, False, "PROCESS"),
-    (True, True, "PROCESS"),  # multiprocessing's contract: the guarded script is imported
-    (False, True, "FALLBACK"),  # importing it would run the fit again: say so, use a thread
+
+@pytest.mark.parametrize("tail, in_main, expected", [
+    ("fit()\n", False, "PROCESS"),  # a workspace-style script: never run a second time
+    (GUARDED, False, "PROCESS"),
+    (GUARDED, True, "PROCESS"),  # multiprocessing's contract: the guarded script is imported
+    ("fit()\n", True, "FALLBACK"),  # importing it would run the fit again: say so, use a thread
+    (HALF_GUARDED, True, "FALLBACK"),
 ])
-def test_the_users_script_never_runs_twice(tmp_path, guard, in_main, expected):
+def test_the_users_script_never_runs_twice(tmp_path, tail, in_main, expected):
     runs, drawn = tmp_path / "runs.txt", tmp_path / "drawn.txt"
     body = MAIN_SCRIPT.format(tests=str(ROOT / "tests"), runs=str(runs), drawn=str(drawn),
                               in_main=in_main)
-    body += 'if __name__ == "__main__":\n    fit()\n' if guard else "fit()\n"
     script = tmp_path / "fit_script.py"
-    script.write_text(body)
+    script.write_text(body + tail)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           cwd=tmp_path, timeout=JOIN)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    outcome, pid = proc.stdout.split()
+    outcome, pid = proc.stdout.split()[:2]
     assert outcome == expected, proc.stderr[-3000:]
     top_level_runs = runs.read_text().split()
-    if guard and in_main:  # the render process imported the script's top level once
+    if tail == GUARDED and in_main:  # the render process imported the script's top level
         assert len(top_level_runs) == 2 and top_level_runs[0] == pid
     else:
         assert top_level_runs == [pid]
@@ -236,6 +242,41 @@ def test_the_users_script_never_runs_twice(tmp_path, guard, in_main, expected):
     if expected == "FALLBACK":
         assert "'MainRender', defined in __main__" in proc.stderr
         assert "rendering in a thread instead" in proc.stderr
+
+
+@pytest.mark.parametrize("source, guarded", [
+    ('"""doc"""\nimport os\nos.environ.setdefault("A", "1")\nX = 1\n'
+     'def f():\n    pass\nif __name__ == "__main__":\n    f()\n', True),
+    ('import sys\ntry:\n    import jax\nexcept ImportError:\n    jax = None\n'
+     'if "__main__" == __name__:\n    main()\n', True),
+    ('def f():\n    pass\n', False),  # no guard at all
+    ('if __name__ != "__main__":\n    f()\n', False),  # not a main guard
+    ('search = make()\nif __name__ == "__main__":\n    search.fit()\n', False),
+    ('for i in range(3):\n    pass\nif __name__ == "__main__":\n    f()\n', False),
+    ('with open("x") as f:\n    pass\nif __name__ == "__main__":\n    f()\n', False),
+    ('if True:\n    fit()\nif __name__ == "__main__":\n    f()\n', False),
+    ("this is not python", False),
+])
+def test_a_script_counts_as_guarded_only_if_its_top_level_does_no_work(source, guarded):
+    from autofit_jaxviz.render_process import source_is_guarded
+
+    assert source_is_guarded(source) is guarded
+
+
+def test_shutdown_while_the_render_process_starts_is_not_a_load_failure(tmp_path, caplog):
+    from render_helpers import SlowToLoad
+
+    render = SlowToLoad(tmp_path / "r.txt")
+    w = QuickUpdateWorker(render, mode="process", name="starting")
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz"):
+        w.submit(1)
+        assert render.loading.wait(JOIN)  # the child is unpickling the render: not ready
+        assert w.shutdown(1.0) is False  # gives up on it and stops the child
+        w._thread.join(JOIN)
+    assert not w._thread.is_alive()
+    assert render.rendered() == []  # nothing drawn in this process after the shutdown
+    assert not any("could not load" in r.getMessage() for r in caplog.records)
+    assert w.stats.failed == 1 and w.stats.rendered == 0
 
 
 def test_needs_main_names_the_class_from_main():
