@@ -30,6 +30,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from autofit_jaxviz.parent_state import ParentState
+
 logger = logging.getLogger(__name__)
 
 #: How many times a crashed child is replaced before the process backend gives up.
@@ -59,12 +61,50 @@ class _Reply:
     READY = "ready"
 
 
-def _child_main(conn: Connection, render: Callable[[Any], Any], niceness: int = 0) -> None:
+class _SealedRender:
+    """The render, pickled while ``spawn`` pickles the process (so
+    multiprocessing primitives inside it can cross) but loaded only when the
+    child asks: after :class:`ParentState` was applied there, so that, say, a
+    float64 JAX array in the analysis arrives as float64."""
+
+    def __init__(self, render: Callable[[Any], Any]) -> None:
+        self._render: Callable[[Any], Any] | None = render
+        self._data: bytes | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing.reduction import ForkingPickler
+
+        return _SealedRender._arrived, (bytes(ForkingPickler.dumps(self._render)),)
+
+    @classmethod
+    def _arrived(cls, data: bytes) -> _SealedRender:
+        sealed = cls.__new__(cls)
+        sealed._render, sealed._data = None, data
+        return sealed
+
+    def open(self) -> Callable[[Any], Any]:
+        if self._render is None:
+            self._render = pickle.loads(self._data)  # noqa: S301 - our own parent's bytes
+            self._data = None
+        return self._render
+
+
+#: Variables the render process always sets for itself, whatever the parent has.
+CHILD_ENVIRON = {"MPLBACKEND": "Agg"}
+#: ...and those it sets only where the parent did not: a render process that
+#: uses JAX on a GPU must not take 75% of the device's memory from the sampler.
+CHILD_ENVIRON_DEFAULTS = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+def _child_main(conn: Connection, state: ParentState, sealed: _SealedRender,
+                niceness: int = 0) -> None:
     """Entry point of the render process.
 
     It lives in the library, not in the user's ``__main__``, so a render
-    started from a notebook still has an importable target. ``render`` arrives
-    pickled by ``spawn`` itself, so multiprocessing primitives inside it work.
+    started from a notebook still has an importable target. The parent's state
+    (its configuration, working directory, rcParams, JAX options) is applied
+    before the render is loaded; what could not be reproduced is reported with
+    READY.
     """
     import signal
 
@@ -80,18 +120,21 @@ def _child_main(conn: Connection, render: Callable[[Any], Any], niceness: int = 
             pass
     # A non-interactive backend whatever the parent uses, set here rather than
     # in the parent's environment, which other threads may be reading.
-    os.environ["MPLBACKEND"] = "Agg"
-    if "matplotlib" in sys.modules:  # imported while unpickling the render
+    notes = state.apply(environ_overrides=CHILD_ENVIRON,
+                        environ_defaults=CHILD_ENVIRON_DEFAULTS)
+    render = sealed.open()
+    if "matplotlib" in sys.modules:  # imported by the render: still Agg
         import matplotlib
 
         matplotlib.use("Agg", force=True)
+    notes += state.apply_after_load()
     warm_up = getattr(render, "warm_up", None)
     if callable(warm_up):  # optional: the first picture's imports, paid before it is due
         try:
             warm_up()
         except Exception:  # an optimisation only; the render itself will say what is wrong
             pass
-    conn.send((_Reply.READY, None))
+    conn.send((_Reply.READY, notes))
     while True:
         try:
             message = conn.recv()
@@ -312,6 +355,10 @@ class ProcessRender:
     def __init__(self, render: Callable[[Any], Any], *, name: str = "quick-update",
                  max_restarts: int = MAX_RESTARTS, niceness: int = RENDER_NICENESS) -> None:
         self._render = render
+        # handed over now: what the parent has set up by this point is what
+        # the render sees, even if the child is started (or restarted) later
+        self.state = ParentState.capture()
+        self._state_reported = False
         self.niceness = niceness
         self.name = name
         self.max_restarts = max_restarts
@@ -402,7 +449,7 @@ class ProcessRender:
         parent_conn, child_conn = context.Pipe(duplex=True)
         process = context.Process(
             target=_child_main,
-            args=(child_conn, self._render, self.niceness),
+            args=(child_conn, self.state, _SealedRender(self._render), self.niceness),
             name=f"{self.name}-render-process{suffix}",
             daemon=True,  # multiprocessing terminates it at interpreter exit
         )
@@ -424,7 +471,7 @@ class ProcessRender:
         try:
             if conn is None:
                 raise EOFError
-            conn.recv()  # READY, sent once the render was unpickled (and warmed up)
+            _, notes = conn.recv()  # READY, sent once the render was loaded (and warmed up)
         except (EOFError, OSError):
             if self._closed:  # shut down while it was starting: not a load failure
                 raise RenderCancelled(f"{self.name}: render process stopped while starting") \
@@ -441,6 +488,10 @@ class ProcessRender:
                 f"{self.name}: the render process exited while starting (exit code {code})"
             ) from None
         self._ready = True
+        if notes and not self._state_reported:
+            self._state_reported = True
+            logger.warning("%s: not carried over to the render process (its pictures may "
+                           "differ from a thread's): %s", self.name, "; ".join(notes))
         return conn
 
     def _fall_back(self, reason: str) -> None:

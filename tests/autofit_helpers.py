@@ -101,3 +101,43 @@ def read_best_files(directory: Path) -> tuple[float, tuple[float, ...]]:
             if value > best[0]:
                 best = (value, tuple(params))
     return best
+
+
+class StateAnalysis(LiveUpdates, af.ex.Analysis):
+    """A quick update whose every pixel depends on the drawing process's state:
+    a workspace config (``visualize/jaxviz_test.yaml``: dpi and which panels),
+    matplotlib's rcParams, and where autofit's paths put the picture."""
+
+    def perform_quick_update(self, paths, instance):
+        from autonerves import conf
+
+        try:
+            picture = conf.instance["visualize"]["jaxviz_test"]["picture"]
+            dpi, residuals = int(picture["dpi"]), bool(picture["residuals"])
+        except KeyError:  # no workspace config pushed: the packaged defaults
+            dpi, residuals = 50, False
+        model = np.asarray(instance.model_data_from(xvalues=np.arange(N_DATA)))
+        fig = Figure(figsize=(4, 3), dpi=dpi)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 2 if residuals else 1, squeeze=False)[0]
+        axes[0].plot(self.data, "k.")
+        axes[0].plot(model, "r-")
+        axes[0].set_title(self.title())
+        if residuals:
+            axes[1].plot(self.data - model)
+        write_png_atomically(fig, Path(paths.image_path) / "fit.png", dpi=dpi)
+
+    def title(self) -> str:
+        return f"{self.data.sum():.3f}"
+
+
+class JaxStateAnalysis(StateAnalysis):
+    """The same, computed with JAX: its title shows JAX's precision."""
+
+    supports_jax_visualization = True
+
+    def title(self) -> str:
+        import jax.numpy as jnp
+
+        total = jnp.sum(jnp.asarray(self.data) / 3.0)
+        return f"{total.dtype} {float(total)!r}"

@@ -123,3 +123,11 @@ class SlowToLoad(Recorder):
         if os.getpid() != self.creator:
             self.loading.set()
             self.release.wait(60)
+
+
+def jax_settings(_payload: object) -> tuple[str, str, str]:
+    """What JAX computes with in the process that renders: precision and platform."""
+    import jax
+    import jax.numpy as jnp
+
+    return str(jnp.zeros(()).dtype), str(jax.config.jax_platforms), jax.default_backend()
