@@ -33,12 +33,14 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import yaml
+
+from autofit_jaxviz.backends import BACKGROUND_BACKENDS, Backend
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,6 @@ PACKAGED_CONFIG = Path(__file__).parent / "config" / "general.yaml"
 KEYWORD_SOURCE = "keyword argument"
 #: How a value set programmatically on ``conf.instance`` (not in any file) is named.
 IN_MEMORY_SOURCE = "autonerves conf.instance['general']['jaxviz'] (set in memory, not from a file)"
-
-Backend = Literal["thread", "process"]
-BACKENDS: tuple[Backend, ...] = ("thread", "process")
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -102,7 +101,7 @@ def _parse_bool(value: Any, text: bool) -> bool:
 def _parse_backend(value: Any, text: bool) -> str:
     if isinstance(value, str):
         word = value.strip() if text else value
-        if word in BACKENDS:
+        if word in BACKGROUND_BACKENDS:
             return word
     raise _Rejected
 
@@ -139,7 +138,7 @@ _BOOL_ALLOWED = (
 )
 _SPECS: dict[str, _Spec] = {
     "background": _Spec(_parse_bool, _BOOL_ALLOWED),
-    "backend": _Spec(_parse_backend, " or ".join(repr(b) for b in BACKENDS)),
+    "backend": _Spec(_parse_backend, " or ".join(repr(b) for b in BACKGROUND_BACKENDS)),
     "min_render_interval": _Spec(
         _number_parser(strictly_positive=False), "a finite number of seconds >= 0"
     ),
@@ -156,6 +155,22 @@ SETTING_KEYS: tuple[str, ...] = tuple(_SPECS)
 def env_var(key: str) -> str:
     """The environment variable that sets ``key`` (e.g. ``AUTOFIT_JAXVIZ_BACKGROUND``)."""
     return f"{ENV_PREFIX}{key.upper()}"
+
+
+def environment_value(key: str, environ: Mapping[str, str] | None = None) -> Any | None:
+    """The setting ``key`` from its environment variable, parsed exactly as
+    :func:`load_settings` parses it; ``None`` when the variable is unset. A bad
+    value raises :class:`ConfigError` naming the variable and what is allowed."""
+    env = os.environ if environ is None else environ
+    name = env_var(key)
+    if name not in env:
+        return None
+    return _validate(key, env[name], f"environment variable {name}", True)
+
+
+def is_true_word(text: str) -> bool:
+    """``1``/``true``/``yes``/``on`` in any case: how switches given as text say yes."""
+    return text.strip().lower() in _TRUE_WORDS
 
 
 def _invalid(key: str, source: str, value: Any) -> ConfigError:
@@ -191,85 +206,8 @@ def _validate(key: str, value: Any, source: str, text: bool) -> Any:
         raise _invalid(key, source, value) from None
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The resolved settings, with where each value came from.
-
-    Construct it with :func:`load_settings`; building one directly validates
-    the values the same way.
-    """
-
-    background: bool = False
-    backend: Backend = "process"
-    min_render_interval: float = 0.0
-    notebook_display: bool = True
-    shutdown_timeout: float = 30.0
-    #: key -> where its value came from (a file path, an environment variable
-    #: name, "keyword argument", ...).
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        for key in SETTING_KEYS:
-            source = self.sources.get(key, "Settings argument")
-            object.__setattr__(self, key, _validate(key, getattr(self, key), source, False))
-        object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
-
-    def user_set(self, key: str) -> bool:
-        """Whether ``key`` was set by someone (keyword, environment, a config
-        file) rather than left at a default: a fallback from a value the user
-        chose is a warning, from a default only information."""
-        source = self.sources.get(key, "built-in default")
-        return not (source == "built-in default" or source.endswith("(packaged default)"))
-
-    def describe(self) -> str:
-        """One line per setting, ``key = value  (source)``, for a start-up log."""
-        return "\n".join(
-            f"{SECTION}.{key} = {getattr(self, key)!r}  ({self.sources.get(key, 'default')})"
-            for key in SETTING_KEYS
-        )
-
-
-class SettingsOverrides(TypedDict, total=False):
-    """The keyword arguments :func:`load_settings` accepts (``None``: not given)."""
-
-    background: bool | None
-    backend: Backend | None
-    min_render_interval: float | None
-    notebook_display: bool | None
-    shutdown_timeout: float | None
-
-
 # A layer entry: (key, raw value, source description, value may be text to parse).
 _Entry = tuple[str, Any, str, bool]
-
-
-def _keyword_layer(overrides: Mapping[str, Any]) -> list[_Entry]:
-    entries: list[_Entry] = []
-    for key, value in overrides.items():
-        if key not in _SPECS:
-            raise _unknown(key, KEYWORD_SOURCE, value)
-        if value is not None:
-            entries.append((key, value, KEYWORD_SOURCE, False))
-    return entries
-
-
-def _env_layer() -> list[_Entry]:
-    entries: list[_Entry] = []
-    for name, value in os.environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        key = name[len(ENV_PREFIX) :].lower()
-        if key in _SPECS:
-            entries.append((key, value, f"environment variable {name}", True))
-        else:
-            # Not an error: other tools may share the prefix. But never silent.
-            logger.warning(
-                "Ignoring environment variable %s: it is not an autofit_jaxviz setting "
-                "(known: %s)",
-                name,
-                ", ".join(env_var(k) for k in SETTING_KEYS),
-            )
-    return entries
 
 
 def _section_entries(section: Any, source: Callable[[str], str], where: str) -> list[_Entry]:
@@ -305,9 +243,105 @@ def _packaged_layer() -> list[_Entry]:
             "the installation is incomplete, reinstall autofit_jaxviz",
             source=str(path),
         ) from error
-    label = f"{path} (packaged default)"
+    label = f"{path} (packaged default)"  # PACKAGED_SOURCE
     section = data.get(SECTION) if isinstance(data, dict) else None
     return _section_entries(section, lambda key: label, label)
+
+
+def _packaged_defaults() -> dict[str, Any]:
+    """The packaged file's value of every setting: the one place defaults live."""
+    values = {key: _validate(key, raw, source, text) for key, raw, source, text
+              in _packaged_layer()}
+    missing = [key for key in SETTING_KEYS if key not in values]
+    if missing:
+        raise ConfigError(
+            f"autofit_jaxviz's packaged defaults {PACKAGED_CONFIG} lack {', '.join(missing)}; "
+            "the installation is incomplete, reinstall autofit_jaxviz",
+            source=str(PACKAGED_CONFIG),
+        )
+    return values
+
+
+_DEFAULTS = _packaged_defaults()
+#: How a value left at its packaged default is named as a source.
+PACKAGED_SOURCE = f"{PACKAGED_CONFIG} (packaged default)"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The resolved settings, with where each value came from.
+
+    Construct it with :func:`load_settings`; building one directly validates
+    the values the same way.
+    """
+
+    # defaults: the packaged general.yaml (read once, at import)
+    background: bool = _DEFAULTS["background"]
+    backend: Backend = _DEFAULTS["backend"]
+    min_render_interval: float = _DEFAULTS["min_render_interval"]
+    notebook_display: bool = _DEFAULTS["notebook_display"]
+    shutdown_timeout: float = _DEFAULTS["shutdown_timeout"]
+    #: key -> where its value came from (a file path, an environment variable
+    #: name, "keyword argument", ...).
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for key in SETTING_KEYS:
+            source = self.sources.get(key, "Settings argument")
+            object.__setattr__(self, key, _validate(key, getattr(self, key), source, False))
+        object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
+
+    def user_set(self, key: str) -> bool:
+        """Whether ``key`` was set by someone (keyword, environment, a config
+        file) rather than left at a default: a fallback from a value the user
+        chose is a warning, from a default only information."""
+        return self.sources.get(key, PACKAGED_SOURCE) != PACKAGED_SOURCE
+
+    def describe(self) -> str:
+        """One line per setting, ``key = value  (source)``, for a start-up log."""
+        return "\n".join(
+            f"{SECTION}.{key} = {getattr(self, key)!r}  ({self.sources.get(key, 'default')})"
+            for key in SETTING_KEYS
+        )
+
+
+class SettingsOverrides(TypedDict, total=False):
+    """The keyword arguments :func:`load_settings` accepts (``None``: not given)."""
+
+    background: bool | None
+    backend: Backend | None
+    min_render_interval: float | None
+    notebook_display: bool | None
+    shutdown_timeout: float | None
+
+
+def _keyword_layer(overrides: Mapping[str, Any]) -> list[_Entry]:
+    entries: list[_Entry] = []
+    for key, value in overrides.items():
+        if key not in _SPECS:
+            raise _unknown(key, KEYWORD_SOURCE, value)
+        if value is not None:
+            entries.append((key, value, KEYWORD_SOURCE, False))
+    return entries
+
+
+def _env_layer() -> list[_Entry]:
+    entries: list[_Entry] = []
+    for name, value in os.environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in _SPECS:
+            entries.append((key, value, f"environment variable {name}", True))
+        else:
+            # Not an error: other tools may share the prefix. But never silent.
+            logger.warning(
+                "Ignoring environment variable %s: it is not an autofit_jaxviz setting "
+                "(known: %s)",
+                name,
+                ", ".join(env_var(k) for k in SETTING_KEYS),
+            )
+    return entries
 
 
 def _general_file(directory: Path) -> Path | None:
@@ -409,24 +443,20 @@ def load_settings(**overrides: Unpack[SettingsOverrides]) -> Settings:
             if key not in values:
                 values[key] = value
                 sources[key] = source
-    defaults = {f.name: f.default for f in fields(Settings) if f.name in _SPECS}
-    for key in SETTING_KEYS:
-        if key not in values:
-            values[key] = defaults[key]
-            sources[key] = "built-in default"
-    return Settings(**values, sources=sources)
+    return Settings(**values, sources=sources)  # the packaged layer sets every key
 
 
 __all__ = [
-    "BACKENDS",
     "ENV_PREFIX",
     "PACKAGED_CONFIG",
+    "PACKAGED_SOURCE",
     "SECTION",
     "SETTING_KEYS",
-    "Backend",
     "ConfigError",
     "Settings",
     "SettingsOverrides",
     "env_var",
+    "environment_value",
+    "is_true_word",
     "load_settings",
 ]

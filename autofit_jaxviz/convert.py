@@ -1,20 +1,12 @@
-"""Make a payload safe to render: a private snapshot, with JAX arrays turned into NumPy.
+"""JAX arrays turned into NumPy, on the worker, for visualizers that do not take JAX.
 
-The work is split across the two threads on purpose:
-
-:func:`prepare` (sampler thread, cheap)
-    rebuilds the payload's containers and objects and copies every NumPy
-    array, so later in-place changes by the sampler never reach the image;
-    JAX arrays are immutable and are kept as they are, but their device-to-host
-    copies are *started* (``jax.Array.copy_to_host_async``) so the transfer
-    overlaps with sampling instead of blocking it.
-:func:`to_host` (worker thread)
-    replaces every JAX array, however deep (model instances, lists, tuples,
-    namedtuples, dicts, dataclasses including frozen/slots ones, registered
-    pytrees), with a NumPy array; by then the bytes are usually already on the
-    host.
-
-Neither ever mutates its input. JAX is never imported here: if the sampler
+:func:`to_host` runs on the worker (never on the sampler thread) and replaces
+every JAX array, however deep (model instances, lists, tuples, namedtuples,
+dicts, dataclasses including frozen/slots ones, registered pytrees), with a
+NumPy array. It never mutates its input. (Payloads reach the worker already
+on the host: the in-jit hook's sink copies the packed array, the PyAutoFit
+integration hands on a NumPy vector; so no asynchronous device-to-host copy is
+started on the sampler side.) JAX is never imported here: if the sampler
 never imported it there can be no JAX arrays, and the NumPy path stays free of
 the import (and of its start-up cost).
 
@@ -114,13 +106,10 @@ def _jax() -> Any | None:
 class _Walker:
     """One deep copy of one payload; ``memo`` keeps shared references shared and ends cycles."""
 
-    def __init__(
-        self, jax: Any | None, on_jax: Callable[[Any, _Path], Any], snapshot_numpy: bool
-    ) -> None:
+    def __init__(self, jax: Any | None, on_jax: Callable[[Any, _Path], Any]) -> None:
         self.jax = jax
         self.jax_array: type | None = jax.Array if jax is not None else None
         self.on_jax = on_jax
-        self.snapshot_numpy = snapshot_numpy
         self.memo: dict[int, tuple[Any, Any]] = {}  # id -> (original kept alive, copy)
 
     def __call__(self, obj: Any, path: _Path = None) -> Any:
@@ -154,7 +143,7 @@ class _Walker:
 
     def _array(self, obj: np.ndarray, path: _Path) -> np.ndarray:
         if obj.dtype != object:
-            return self._remember(obj, obj.copy() if self.snapshot_numpy else obj)
+            return self._remember(obj, obj)
         new = self._remember(obj, obj.copy())
         for index in np.ndindex(obj.shape):
             new[index] = self(obj[index], (path, index))
@@ -251,22 +240,6 @@ class _Walker:
         return self._remember(obj, obj)
 
 
-def _start_host_copy(array: Any, path: _Path) -> Any:
-    try:
-        array.copy_to_host_async()
-    except AttributeError:
-        raise TypeError(
-            f"prepare() got {type(array).__name__} at {_format_path(path)}, which has no "
-            "concrete value (a traced value inside jit?); call prepare on the host with "
-            "concrete arrays, e.g. from autofit_jaxviz.callback"
-        ) from None
-    return array  # immutable: sharing it with the sampler is safe
-
-
-def _keep(array: Any, path: _Path) -> Any:
-    return array
-
-
 def _to_numpy(jax: Any) -> Callable[[Any, _Path], Any]:
     def convert(array: Any, path: _Path) -> Any:
         if jax.dtypes.issubdtype(array.dtype, jax.dtypes.extended):  # e.g. PRNG keys
@@ -278,32 +251,18 @@ def _to_numpy(jax: Any) -> Callable[[Any, _Path], Any]:
     return convert
 
 
-def prepare[T](payload: T, *, start_host_copy: bool = True) -> T:
-    """Snapshot ``payload`` on the sampler thread, cheaply, before handing it on.
-
-    Containers and objects are rebuilt and NumPy arrays copied, so the sampler
-    may go on mutating its own objects. JAX arrays are kept (they are
-    immutable) and, when ``start_host_copy`` is true, their device-to-host
-    copies are started without waiting for them. Pass ``start_host_copy=False``
-    for analyses whose visualizer takes JAX arrays.
-    """
-    jax = _jax()
-    on_jax = _start_host_copy if start_host_copy else _keep
-    return _Walker(jax, on_jax, snapshot_numpy=True)(payload)
-
-
 def to_host[T](payload: T) -> T:
     """Return ``payload`` with every JAX array, at any depth, replaced by NumPy.
 
-    Meant for the worker thread, after :func:`prepare`. 0-d arrays become
-    NumPy scalars. The input is never mutated; NumPy arrays and other leaves
-    are shared with it (``prepare`` already made them private). Without JAX
-    loaded there is nothing to convert and ``payload`` is returned unchanged.
+    Meant for the worker thread. 0-d arrays become NumPy scalars. The input is
+    never mutated; NumPy arrays and other leaves are shared with it. Without
+    JAX loaded there is nothing to convert and ``payload`` is returned
+    unchanged.
     """
     jax = _jax()
     if jax is None:
         return payload
-    return _Walker(jax, _to_numpy(jax), snapshot_numpy=False)(payload)
+    return _Walker(jax, _to_numpy(jax))(payload)
 
 
 def contains_jax(payload: Any) -> bool:
@@ -318,8 +277,8 @@ def contains_jax(payload: Any) -> bool:
         found = True
         return array
 
-    _Walker(jax, note, snapshot_numpy=False)(payload)
+    _Walker(jax, note)(payload)
     return found
 
 
-__all__ = ["contains_jax", "prepare", "to_host"]
+__all__ = ["contains_jax", "to_host"]

@@ -1,4 +1,4 @@
-"""What an analysis declares about its quick update, and the mode that follows.
+"""What an analysis declares about its quick update, and the backend that follows.
 
 Two attributes, both off unless the analysis says otherwise:
 
@@ -21,16 +21,14 @@ analysis author decides whether it is safe.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import Settings
 
 logger = logging.getLogger(__name__)
-
-#: The modes :class:`~autofit_jaxviz.worker.QuickUpdateWorker` accepts.
-UpdateMode = Literal["thread", "process", "sync"]
 
 BACKGROUND_FLAG = "supports_background_update"
 JAX_FLAG = "supports_jax_visualization"
@@ -85,32 +83,30 @@ def jax_visualization_supported(analysis: Any) -> bool:
     return _flag(analysis, JAX_FLAG)
 
 
-class UpdateDecision(NamedTuple):
-    """The worker mode for a fit, and the one-line reason to log."""
+class BackendDecision(NamedTuple):
+    """The backend for a fit, and the one-line reason to log."""
 
-    mode: UpdateMode
+    backend: Backend
     reason: str
 
     @property
     def background(self) -> bool:
-        return self.mode != "sync"
+        """Whether the quick update leaves the sampler thread."""
+        return self.backend != "sync"
 
 
-def decide_update_mode(settings: Settings, analysis: Any) -> UpdateDecision:
-    """Choose ``"thread"``/``"process"`` or ``"sync"``; pure, so it can be tested and logged.
-
-    The returned mode is what :class:`~autofit_jaxviz.worker.QuickUpdateWorker` takes.
-    """
+def decide_backend(settings: Settings, analysis: Any) -> BackendDecision:
+    """Choose ``"thread"``/``"process"`` or ``"sync"``; pure, so it can be tested and logged."""
     name = type(analysis).__qualname__
     source = settings.sources.get("background", "default")
     if not settings.background:
-        return UpdateDecision(
+        return BackendDecision(
             "sync",
             f"quick updates run synchronously on the sampler thread: jaxviz.background is "
             f"false ({source})",
         )
     if not background_update_supported(analysis):
-        return UpdateDecision(
+        return BackendDecision(
             "sync",
             f"quick updates run synchronously on the sampler thread although "
             f"jaxviz.background is true ({source}): {name} does not declare "
@@ -118,7 +114,7 @@ def decide_update_mode(settings: Settings, analysis: Any) -> UpdateDecision:
             f"add the LiveUpdates mixin (class {name}(LiveUpdates, ...))",
         )
     backend_source = settings.sources.get("backend", "default")
-    return UpdateDecision(
+    return BackendDecision(
         settings.backend,
         f"quick updates run in the background ({settings.backend} backend, "
         f"{backend_source}): jaxviz.background is true ({source}) and {name} declares "
@@ -126,15 +122,15 @@ def decide_update_mode(settings: Settings, analysis: Any) -> UpdateDecision:
     )
 
 
-def log_update_mode(
+def log_backend_decision(
     settings: Settings, analysis: Any, log: logging.Logger | None = None
-) -> UpdateDecision:
-    """:func:`decide_update_mode` plus its one log line.
+) -> BackendDecision:
+    """:func:`decide_backend` plus its one log line.
 
     A warning when the user asked for background updates and did not get them
     (a setting must never be ignored silently), info otherwise.
     """
-    decision = decide_update_mode(settings, analysis)
+    decision = decide_backend(settings, analysis)
     level = logging.WARNING if settings.background and not decision.background else logging.INFO
     (log or logger).log(level, "%s", decision.reason)
     return decision
@@ -146,12 +142,11 @@ def needs_host_conversion(analysis: Any) -> bool:
 
 
 __all__ = [
+    "BackendDecision",
     "LiveUpdates",
-    "UpdateDecision",
-    "UpdateMode",
     "background_update_supported",
-    "decide_update_mode",
+    "decide_backend",
     "jax_visualization_supported",
-    "log_update_mode",
+    "log_backend_decision",
     "needs_host_conversion",
 ]

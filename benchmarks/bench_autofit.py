@@ -266,10 +266,10 @@ def _watch_end(marker: str, ours: bool, record: dict[str, Any]) -> None:
     """Record the marker count when the fit shuts its quick updates down (before
     the final image); with this library also the worker's stats then."""
     if ours:
-        import autofit_jaxviz.autofit as live
+        import autofit_jaxviz.autofit.hub as hub_module
 
-        original_close = live._Hub.close
-        original_offer = live._Hub.offer_best
+        original_close = hub_module.Hub.close
+        original_offer = hub_module.Hub.offer_best
         news: list[float] = []
 
         def offer_best(hub, best):
@@ -286,8 +286,8 @@ def _watch_end(marker: str, ours: bool, record: dict[str, Any]) -> None:
             record.setdefault("superseded", stats.superseded)
             return original_close(hub, *args)
 
-        live._Hub.close = close
-        live._Hub.offer_best = offer_best
+        hub_module.Hub.close = close
+        hub_module.Hub.offer_best = offer_best
     else:
         from autofit.non_linear.fitness import Fitness
 
@@ -467,7 +467,7 @@ def run(repeats: int = 3, quick: bool = False) -> str:
     nuts_seconds = time.perf_counter() - nuts_started
 
     command = "python benchmarks/run.py --only autofit" + (" --quick" if quick else "")
-    text = header("Quick updates in real PyAutoFit fits (autofit.py)", command)
+    text = header("Quick updates in real PyAutoFit fits (autofit/)", command)
     import autofit
 
     text += (

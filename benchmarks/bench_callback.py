@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from autofit_jaxviz.callback import BestFitTracker, HostSink, report
+from autofit_jaxviz import BestFitTracker, HostSink, report
 
 PIXELS = 64
 TRUTH = np.array([31.3, 33.7, 4.2, 10.0, 1.0, 0.2], np.float32)  # x, y, sigma, amp, bg, e
@@ -297,7 +297,7 @@ def run(repeats: int = 3, quick: bool = False) -> str:
     device = jax.devices()[0]
     command = "python benchmarks/bench_callback.py" + (" --quick" if quick else "")
     lines = [
-        "### Best-fit hook inside a jitted sampler (callback.py)\n",
+        "### Best-fit hook inside a jitted sampler (device/)\n",
         f"Command: `{command}` · date {_dt.date.today().isoformat()} · "
         f"{os.cpu_count()} cores · Python {platform.python_version()} · jax {jax.__version__} "
         f"on {jax.default_backend()} ({device.device_kind}) · {repeats} repeats, "

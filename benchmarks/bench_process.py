@@ -56,7 +56,7 @@ from bench_autofit import (
     verdict,
 )
 
-from autofit_jaxviz.render_process import RENDER_NICENESS
+from autofit_jaxviz.render.process import RENDER_NICENESS
 
 PIXELS = 256
 TRUTH = np.array([125.2, 134.8, 16.8, 10.0, 1.0, 0.2], np.float32)  # x, y, sigma, amp, bg, e
@@ -100,8 +100,8 @@ def scan_sampler(variant: str, steps: int, every: int, pin: bool = False,
     import jax.numpy as jnp
     from jax import lax
 
-    from autofit_jaxviz.callback import BestFitTracker
-    from autofit_jaxviz.worker import QuickUpdateWorker
+    from autofit_jaxviz import BestFitTracker
+    from autofit_jaxviz.render.worker import QuickUpdateWorker
 
     yy, xx = jnp.mgrid[0:PIXELS, 0:PIXELS].astype(jnp.float32)
     rng = np.random.default_rng(7)
@@ -117,7 +117,7 @@ def scan_sampler(variant: str, steps: int, every: int, pin: bool = False,
     if variant != "none":
         mode = "process" if variant == "process" else "thread"
         worker = QuickUpdateWorker(FigureRender(str(out_dir), draw=variant != "noop"),
-                                   mode=mode, name="bench")
+                                   backend=mode, name="bench")
         tracker = BestFitTracker(worker, every=every)
         if niceness is not None and mode == "process":
             worker._process_render.niceness = niceness
@@ -192,13 +192,13 @@ def process_startup(kind: str) -> dict[str, Any]:
     import jax  # noqa: F401 - a sampler's interpreter has JAX loaded: so has this one
 
     from autofit_jaxviz.payload import BestFit
-    from autofit_jaxviz.worker import QuickUpdateWorker
+    from autofit_jaxviz.render.worker import QuickUpdateWorker
 
     marker = Path.cwd() / "markers.txt"
     record: dict[str, Any] = {}
     if kind == "figure":
         t0 = time.perf_counter()
-        worker = QuickUpdateWorker(FigureRender(str(Path.cwd())), mode="process", name="bench")
+        worker = QuickUpdateWorker(FigureRender(str(Path.cwd())), backend="process", name="bench")
         worker.submit(np.zeros(6))
         worker.flush(120)
         first = time.perf_counter() - t0
@@ -212,6 +212,7 @@ def process_startup(kind: str) -> dict[str, Any]:
         from autonerves import conf
 
         import autofit_jaxviz.autofit as live
+        import autofit_jaxviz.autofit.hub as hub_module
 
         conf.instance.output_path = str(Path.cwd() / "output")
         live.enable(background=True, backend="process", notebook_display=False)
@@ -224,7 +225,7 @@ def process_startup(kind: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         fitness = search.make_fitness(analysis=analysis, model=model)
         record["make_fitness"] = time.perf_counter() - t0
-        hub = live._hubs[fitness._jaxviz_key]
+        hub = hub_module.hubs[fitness._jaxviz_key]
         hub.offer_best(BestFit(-1.0, np.asarray(vector), 1))
         hub.worker.flush(120)
         first = time.perf_counter() - t0
@@ -295,7 +296,7 @@ def run(repeats: int = 5, quick: bool = False) -> str:
     startup_seconds = time.perf_counter() - t
 
     command = "python benchmarks/run.py --only process" + (" --quick" if quick else "")
-    text = header("Render process backend (render_process.py)", command)
+    text = header("Render process backend (render/process.py)", command)
     text += (
         f"\nEvery variant in a fresh interpreter, interleaved; {repeats} repeat"
         f"{'s' if repeats > 1 else ''}; min / median; ratios min/min and median/median; "

@@ -17,7 +17,7 @@ import time
 
 from _common import header, min_median, percentile, table
 
-from autofit_jaxviz.worker import QuickUpdateWorker
+from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 
 def _draw(payload: object) -> None:

@@ -21,8 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import autofit_jaxviz.autofit  # noqa: E402
-from autofit_jaxviz.display import write_png_atomically  # noqa: E402
 from autofit_jaxviz.flags import LiveUpdates  # noqa: E402
+from autofit_jaxviz.render.png import write_png_atomically  # noqa: E402
 
 
 class GaussianAnalysis(LiveUpdates, af.ex.Analysis):

@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from autofit_jaxviz.display import write_png_atomically
 from autofit_jaxviz.flags import LiveUpdates
+from autofit_jaxviz.render.png import write_png_atomically
 
 N_DATA = 100
 

@@ -91,7 +91,7 @@ def png_of(values: Any, title: str) -> bytes:
 
 
 class Scribe:
-    """A render function for :class:`~autofit_jaxviz.worker.QuickUpdateWorker`.
+    """A render function for :class:`~autofit_jaxviz.render.worker.QuickUpdateWorker`.
 
     Draws ``folder/fit.png`` from a :class:`~autofit_jaxviz.payload.BestFit` (its
     PNG title names the tag and step), then appends one JSON line to
@@ -247,7 +247,7 @@ class Sampler:
 
     ``"host"``: a Python loop that keeps its best and hands every improvement to
     ``target.submit`` (what a user's own loop does). ``"jit"``: a jitted
-    ``lax.scan`` carrying a :class:`~autofit_jaxviz.callback.BestFitTracker`
+    ``lax.scan`` carrying a :class:`~autofit_jaxviz.device.tracker.BestFitTracker`
     whose host callback feeds ``target`` (what a fully jitted sampler does).
     ``run`` may be called repeatedly; the state carries over. ``interrupt_at``
     raises KeyboardInterrupt when the loop reaches that step (host: inside the
@@ -265,7 +265,7 @@ class Sampler:
             import jax.numpy as jnp
             from jax import lax
 
-            from autofit_jaxviz.callback import BestFitTracker
+            from autofit_jaxviz import BestFitTracker
 
             self.tracker = BestFitTracker(target)
             tracker = self.tracker
@@ -388,7 +388,7 @@ def _build_autofit_classes() -> dict[str, type]:
             return super().log_likelihood_function(instance, *args, **kwargs)
 
         def perform_quick_update(self, paths, instance):
-            from autofit_jaxviz.display import write_png_atomically
+            from autofit_jaxviz.render.png import write_png_atomically
 
             self.quick_calls += 1
             image = Path(paths.image_path)
@@ -469,16 +469,16 @@ def exit_scenario(*, backend: str, path: str, folder: str, evidence: str, shutdo
     """
     import atexit
 
-    from autofit_jaxviz.worker import QuickUpdateWorker
+    from autofit_jaxviz.render.worker import QuickUpdateWorker
 
     _logging()
     params, lls = chain(120, seed=3)
     if hang:
         scribe = Scribe(folder, evidence, hang_call=2)
-        worker = QuickUpdateWorker(scribe, mode=backend, name="exit-test", shutdown_timeout=1.0)
+        worker = QuickUpdateWorker(scribe, backend=backend, name="exit-test", shutdown_timeout=1.0)
     else:
         scribe = Scribe(folder, evidence, hold_call=1, atomic=False)
-        worker = QuickUpdateWorker(scribe, mode=backend, name="exit-test")
+        worker = QuickUpdateWorker(scribe, backend=backend, name="exit-test")
     sampler = Sampler(path, worker)
     sampler.run(params[:1], lls[:1])  # one improvement: the first render
     if hang:
@@ -511,11 +511,11 @@ def ctrl_c_scenario(*, backend: str, folder: str, evidence: str) -> None:
     import signal
 
     from autofit_jaxviz.payload import BestFit
-    from autofit_jaxviz.worker import QuickUpdateWorker
+    from autofit_jaxviz.render.worker import QuickUpdateWorker
 
     _logging()
     scribe = Scribe(folder, evidence, hold_call=2)
-    worker = QuickUpdateWorker(scribe, mode=backend, name="ctrl-c")
+    worker = QuickUpdateWorker(scribe, backend=backend, name="ctrl-c")
     result: dict[str, Any] = {"pids": []}
     try:
         worker.submit(BestFit(1.0, np.ones(3), 1))
@@ -550,11 +550,11 @@ def double_interrupt_scenario(*, folder: str, evidence: str) -> None:
     import signal
 
     from autofit_jaxviz.payload import BestFit
-    from autofit_jaxviz.worker import QuickUpdateWorker
+    from autofit_jaxviz.render.worker import QuickUpdateWorker
 
     _logging()
     scribe = Scribe(folder, evidence, hold_call=1)
-    worker = QuickUpdateWorker(scribe, mode="process", name="double-interrupt")
+    worker = QuickUpdateWorker(scribe, backend="process", name="double-interrupt")
     worker.submit(BestFit(1.0, np.ones(3), 1))
     scribe.started.wait(HOLD_SECONDS)
     worker.submit(BestFit(2.0, np.full(3, 2.0), 2))

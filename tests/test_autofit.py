@@ -21,6 +21,10 @@ from autofit_helpers import (
 from autonerves import conf
 
 import autofit_jaxviz.autofit as live
+import autofit_jaxviz.autofit.hooks as hooks_module
+import autofit_jaxviz.autofit.hub as hub_module
+from autofit_jaxviz.config import Settings
+from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -85,17 +89,17 @@ def test_emcee_draws_during_run_and_ends_on_the_best_fit(backend, tmp_path):
     analysis = _analysis()
     search = _emcee(f"emcee_{backend}", nsteps=400 if backend == "process" else 150)
     fitness_seen = []
-    original_close = live._Hub.close
+    original_close = hub_module.Hub.close
 
     def close(hub, *args):
         fitness_seen.append(hub.worker.stats)
         return original_close(hub, *args)
 
-    live._Hub.close = close
+    hub_module.Hub.close = close
     try:
         search.fit(model=gaussian_model(), analysis=analysis)
     finally:
-        live._Hub.close = original_close
+        hub_module.Hub.close = original_close
     markers = read_markers(tmp_path / "output")
     assert len(markers) >= 2
     # drawn while the search was still running (the process backend first
@@ -195,16 +199,16 @@ def test_fitness_pickles_and_a_copy_finds_the_same_worker():
     search = _emcee("pickling")
     fitness = search.make_fitness(analysis=_analysis(), model=gaussian_model())
     assert type(fitness).__name__ == "LiveFitness"
-    hub = live._hub_for(fitness)
+    hub = hub_module.hub_for(fitness)
     copy = pickle.loads(pickle.dumps(fitness))
-    assert live._hub_for(copy) is hub  # same process: no second worker, no leaked thread
+    assert hub_module.hub_for(copy) is hub  # same process: no second worker, no leaked thread
     # a copy resumed in another process rebuilds the same settings, sources included
     # (a fallback from a default backend is information, from a chosen one a warning)
-    restored, enabled = live.Settings(**copy._jaxviz_settings), live._state["settings"]
+    restored, enabled = Settings(**copy._jaxviz_settings), hooks_module._state["settings"]
     assert restored == enabled and dict(restored.sources) == dict(enabled.sources)
     assert restored.user_set("background") and not restored.user_set("backend")
     state = fitness.__getstate__()
-    assert not any(isinstance(v, threading.Thread | live.QuickUpdateWorker)
+    assert not any(isinstance(v, threading.Thread | QuickUpdateWorker)
                    for v in state.values())
     fitness.shutdown_quick_update()
 
@@ -213,10 +217,10 @@ def test_fitness_pickles_and_a_copy_finds_the_same_worker():
 def test_visualizer_that_always_raises_does_not_stop_the_fit(tmp_path, caplog):
     live.enable(background=True)
     analysis = _analysis(fail=True)
-    with caplog.at_level(logging.ERROR, logger="autofit_jaxviz.worker"):
+    with caplog.at_level(logging.ERROR, logger="autofit_jaxviz"):
         result = _emcee("failing", nsteps=80).fit(model=gaussian_model(), analysis=analysis)
     assert result.max_log_likelihood_instance is not None
-    errors = [r for r in caplog.records if r.name == "autofit_jaxviz.worker"]
+    errors = [r for r in caplog.records if r.name == "autofit_jaxviz.render.worker"]
     assert errors and "this visualizer always fails" in str(errors[0].exc_info[1])
     # model.results is still written on every quick update
     assert list((tmp_path / "output").rglob("model.results"))
@@ -229,20 +233,20 @@ def test_blackjax_nuts_draws_during_sampling(tmp_path):
     data, noise = gaussian_data()
     analysis = MarkedAnalysis(data=data, noise_map=noise, use_jax=True)
     rendered_before_close = []
-    original_close = live._Hub.close
+    original_close = hub_module.Hub.close
 
     def close(hub, *args):
         hub.worker.flush(60)
         rendered_before_close.append(hub.worker.stats)
         return original_close(hub, *args)
 
-    live._Hub.close = close
+    hub_module.Hub.close = close
     try:
         search = af.BlackJAXNUTS(name="nuts", num_warmup=50, num_samples=100, num_chains=2,
                                  iterations_per_quick_update=10, silence=True, seed=2)
         search.fit(model=gaussian_model(), analysis=analysis)
     finally:
-        live._Hub.close = original_close
+        hub_module.Hub.close = original_close
     # improvements reached the worker from inside the jitted sampler, and were
     # drawn, before the search returned (how many are drawn rather than
     # superseded depends on the machine's speed)
@@ -292,7 +296,7 @@ def test_an_analysis_that_cannot_go_to_a_render_process_is_drawn_in_a_thread(ask
     search = _emcee("unpicklable", iterations_per_quick_update=1)
     with caplog.at_level(logging.INFO, logger="autofit_jaxviz"):
         fitness = search.make_fitness(analysis=analysis, model=gaussian_model())
-        hub = live._hub_for(fitness)
+        hub = hub_module.hub_for(fitness)
         fitness.manage_quick_update(np.array([50.0, 25.0, 10.0]), np.array(-10.0))
         assert hub.worker.flush(60)
         fitness.shutdown_quick_update()
@@ -301,4 +305,4 @@ def test_an_analysis_that_cannot_go_to_a_render_process_is_drawn_in_a_thread(ask
     assert len(said) == 1
     assert said[0].levelno == (logging.INFO if asked is None else logging.WARNING)
     assert "rendering in a thread" in said[0].getMessage()
-    assert hub.mode == ("thread" if asked is None else "process")
+    assert hub.backend == ("thread" if asked is None else "process")

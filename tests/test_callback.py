@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from autofit_jaxviz.callback import (
+from autofit_jaxviz import (
     BestFitTracker,
     HostSink,
     TrackerState,
@@ -552,12 +552,12 @@ def test_host_sink_with_a_plain_callable_and_failures_are_contained(caplog) -> N
     sink = HostSink(target)
     thetas = np.array([[0.0] * N, [0.25] * N, [0.375] * N, [0.5] * N], np.float32)
     f = jax.jit(lambda t: lax.map(hooked(sink), t))
-    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.callback"):
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.host.sink"):
         out = f(thetas)  # every submit raises; the computation still finishes
         jax.effects_barrier()
     np.testing.assert_array_equal(out, np_loglike(thetas))
     assert sink.stats().failed == 4
-    ours = [r for r in caplog.records if r.name == "autofit_jaxviz.callback"]
+    ours = [r for r in caplog.records if r.name == "autofit_jaxviz.host.sink"]
     assert len(ours) == 1  # the first failure with its traceback, then rate-limited
     assert ours[0].exc_info is not None and "renderer exploded" in str(ours[0].exc_info[1])
     boom[0] = False
@@ -598,11 +598,11 @@ def test_min_seconds_holds_then_flush_delivers() -> None:
 
 
 def test_through_a_real_sync_worker(chain) -> None:
-    from autofit_jaxviz.worker import QuickUpdateWorker
+    from autofit_jaxviz.render.worker import QuickUpdateWorker
 
     params, lls = chain
     rendered: list[BestFit] = []
-    worker = QuickUpdateWorker(rendered.append, mode="sync")
+    worker = QuickUpdateWorker(rendered.append, backend="sync")
     try:
         run_scan(BestFitTracker(worker), params, lls)
         assert worker.flush(5.0)
@@ -614,7 +614,7 @@ def test_through_a_real_sync_worker(chain) -> None:
 def test_package_imports_without_jax() -> None:
     code = (
         "import sys; sys.modules['jax'] = None\n"
-        "import autofit_jaxviz, autofit_jaxviz.callback as cb\n"
+        "import autofit_jaxviz, autofit_jaxviz as cb\n"
         "got = []; sink = cb.HostSink(got.append)\n"
         "try:\n"
         "    cb.BestFitTracker(sink).init([0.0])\n"

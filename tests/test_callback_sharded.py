@@ -127,7 +127,7 @@ def _sharded_main() -> None:
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from autofit_jaxviz.callback import BestFitTracker, HostSink, report
+    from autofit_jaxviz import BestFitTracker, HostSink, report
 
     assert len(jax.devices()) == 4, jax.devices()
     rng = np.random.default_rng(3)
@@ -256,7 +256,7 @@ def _multiprocess_main(process_id: int, port: int) -> None:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from autofit_jaxviz.callback import BestFitTracker
+    from autofit_jaxviz import BestFitTracker
 
     steps, local, n = 20, 8, 2
     rng = np.random.default_rng(11)

@@ -23,16 +23,10 @@ from matplotlib.image import imread
 
 from autofit_jaxviz import demo
 from autofit_jaxviz.__main__ import main
-from autofit_jaxviz.demo import (
-    IMAGE_NAME,
-    IMAGE_SIZE,
-    START,
-    TRUTH,
-    DemoFrame,
-    FitRenderer,
-    run_demo,
-    simulate,
-)
+from autofit_jaxviz.demo import DemoFrame, FitRenderer, run_demo, simulate
+from autofit_jaxviz.demo.figure import IMAGE_SIZE
+from autofit_jaxviz.demo.model import START, TRUTH
+from autofit_jaxviz.demo.run import IMAGE_NAME
 from autofit_jaxviz.payload import BestFit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +50,7 @@ def _png_shape(path: Path) -> tuple[int, ...]:
 
 def test_numpy_and_jax_models_agree() -> None:
     jnp = pytest.importorskip("jax.numpy")
-    x, y = demo.pixel_grid()
+    x, y = demo.model.pixel_grid()
     for params in (TRUTH, START):
         host = demo.sersic_image(np.asarray(params, np.float64), x, y)
         device = np.asarray(demo.sersic_image(jnp.asarray(params), jnp.asarray(x),
@@ -66,7 +60,7 @@ def test_numpy_and_jax_models_agree() -> None:
 
 def test_simulation_is_seeded_and_truth_beats_start() -> None:
     a, b, c = simulate(0), simulate(0), simulate(1)
-    assert a.data.shape == demo.IMAGE_SHAPE and a.data.dtype == np.float32
+    assert a.data.shape == demo.model.IMAGE_SHAPE and a.data.dtype == np.float32
     np.testing.assert_array_equal(a.data, b.data)
     assert not np.array_equal(a.data, c.data)
     truth_ll, start_ll = demo.log_likelihood(TRUTH, a), demo.log_likelihood(START, a)
@@ -123,7 +117,7 @@ def test_frame_history_is_append_only_across_growth() -> None:
             return True
 
     sink = Collect()
-    source = demo._FrameSource(sink, total_steps=1000, warmup=0)  # type: ignore[arg-type]
+    source = demo.FrameSource(sink, total_steps=1000, warmup=0)  # type: ignore[arg-type]
     for step in range(600):  # past the first buffer
         source.submit(BestFit(float(step), np.zeros(7), step))
     for n, frame in enumerate(sink.frames, start=1):
@@ -144,7 +138,7 @@ class _Terminal(io.StringIO):
 def test_progress_refreshes_one_line_on_a_tty_and_prints_few_lines_otherwise() -> None:
     frame = _frame(TRUTH, 5, [])
     plain = io.StringIO()
-    meter = demo._Progress(1000, plain, worker=None)
+    meter = demo.Progress(1000, plain, worker=None)
     for step in range(10, 1001, 10):
         meter.tick(np.int32(step))
     meter.on_rendered(frame, None)
@@ -155,7 +149,7 @@ def test_progress_refreshes_one_line_on_a_tty_and_prints_few_lines_otherwise() -
     assert lines[-1].startswith("step 1000/1000 (100%)") and "images 1" in lines[-1]
 
     tty = _Terminal()
-    meter = demo._Progress(1000, tty, worker=None)
+    meter = demo.Progress(1000, tty, worker=None)
     meter.tick(np.int32(10))
     meter.finish()
     assert tty.getvalue().startswith("\rstep") and tty.getvalue().endswith("\n")

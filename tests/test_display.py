@@ -36,21 +36,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib._pylab_helpers import Gcf  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-import autofit_jaxviz.display as display_module  # noqa: E402
-from autofit_jaxviz.display import (  # noqa: E402
+import autofit_jaxviz.notebook as display_module  # noqa: E402
+from autofit_jaxviz.notebook import (  # noqa: E402
     ENV_NOTEBOOK_DISPLAY,
     ENV_PYAUTO_DISABLE,
-    PNG_SIGNATURE,
     NotebookDisplay,
-    PyplotGuarded,
-    guard_pyplot,
     in_kernel,
-    pyplot_guard,
     switched_off_reason,
-    write_png_atomically,
 )
 from autofit_jaxviz.payload import BestFit  # noqa: E402
-from autofit_jaxviz.worker import QuickUpdateWorker  # noqa: E402
+from autofit_jaxviz.render.png import PNG_SIGNATURE, write_png_atomically  # noqa: E402
+from autofit_jaxviz.render.pyplot import PyplotGuarded, pyplot_guard  # noqa: E402
+from autofit_jaxviz.render.worker import QuickUpdateWorker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "tests" / "notebooks"
@@ -91,7 +88,7 @@ def test_in_kernel_is_false_under_pytest():
 def test_in_kernel_in_plain_python_imports_nothing():
     code = (
         "import sys\n"
-        "from autofit_jaxviz.display import in_kernel\n"
+        "from autofit_jaxviz.notebook import in_kernel\n"
         "print(in_kernel(), 'ipykernel' in sys.modules, 'IPython' in sys.modules)\n"
     )
     out = subprocess.run(
@@ -104,7 +101,7 @@ def test_in_kernel_in_plain_python_imports_nothing():
 def test_in_kernel_is_false_in_terminal_ipython(tmp_path, preimport):
     pre = "import ipykernel.zmqshell; " if preimport else ""
     code = (
-        f"{pre}import sys; from autofit_jaxviz.display import in_kernel; "
+        f"{pre}import sys; from autofit_jaxviz.notebook import in_kernel; "
         "print('RESULT', get_ipython().__class__.__name__, in_kernel(), 'ipykernel' in sys.modules)"
     )
     out = subprocess.run(
@@ -143,9 +140,11 @@ def test_switched_off_reason(enabled, env, off):
         assert any(name in reason for name in env) or enabled is False
 
 
-def test_unrecognised_env_value_warns_and_leaves_display_on(caplog):
-    assert switched_off_reason(None, {ENV_NOTEBOOK_DISPLAY: "maybe"}) is None
-    assert "maybe" in caplog.text
+def test_unrecognised_env_value_is_an_error_naming_it():
+    from autofit_jaxviz.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{ENV_NOTEBOOK_DISPLAY}.*'maybe'"):
+        switched_off_reason(None, {ENV_NOTEBOOK_DISPLAY: "maybe"})
 
 
 def test_switches_read_the_real_environment(monkeypatch):
@@ -255,11 +254,11 @@ def test_pyplot_guarded_wrapper_and_pickling():
         plt.figure()
         return "done"
 
-    guarded = guard_pyplot(render)
+    guarded = PyplotGuarded(render)
     assert guarded(3) == "done" and calls == [3]
     assert plt.get_fignums() == []
     with pytest.raises(TypeError):
-        guard_pyplot(42)
+        PyplotGuarded(42)
     again = pickle.loads(pickle.dumps(PyplotGuarded(_module_render)))
     assert isinstance(again, PyplotGuarded) and again.render is _module_render
 
@@ -588,9 +587,9 @@ def _images(cell: Any) -> list[Any]:
 FIT_SETUP = """
 import json, threading
 import ipykernel
-from autofit_jaxviz.display import NotebookDisplay, in_kernel
+from autofit_jaxviz.notebook import NotebookDisplay, in_kernel
 from autofit_jaxviz.payload import BestFit
-from autofit_jaxviz.worker import QuickUpdateWorker
+from autofit_jaxviz.render.worker import QuickUpdateWorker
 from kernel_helpers import GatedRender, fit_logger
 fit_logger()
 """
@@ -664,9 +663,9 @@ PYPLOT_CELLS = """
 %matplotlib inline
 import gc, json
 import matplotlib.pyplot as plt
-from autofit_jaxviz.display import NotebookDisplay
+from autofit_jaxviz.notebook import NotebookDisplay
 from autofit_jaxviz.payload import BestFit
-from autofit_jaxviz.worker import QuickUpdateWorker
+from autofit_jaxviz.render.worker import QuickUpdateWorker
 from kernel_helpers import PyplotVisualizer
 vis = PyplotVisualizer({out!r}, hold_from=1)
 live = NotebookDisplay()
@@ -779,7 +778,7 @@ def test_kernel_process_backend_updates_the_same_output(tmp_path, flavour):
 import os
 from kernel_helpers import StepRender
 live = NotebookDisplay()
-worker = QuickUpdateWorker(live.wrap_render(StepRender({str(out)!r})), mode="process",
+worker = QuickUpdateWorker(live.wrap_render(StepRender({str(out)!r})), backend="process",
                            on_rendered=live.on_rendered)
 for step in (1, 2):
     worker.submit(BestFit(-1.0 * step, [1.0, float(step)], step))

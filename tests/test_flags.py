@@ -9,12 +9,12 @@ import pytest
 
 from autofit_jaxviz.config import Settings
 from autofit_jaxviz.flags import (
+    BackendDecision,
     LiveUpdates,
-    UpdateDecision,
     background_update_supported,
-    decide_update_mode,
+    decide_backend,
     jax_visualization_supported,
-    log_update_mode,
+    log_backend_decision,
     needs_host_conversion,
 )
 
@@ -120,8 +120,8 @@ def test_non_boolean_flag_is_an_error() -> None:
     ],
 )
 def test_mode_needs_both_config_and_flag(settings: Settings, analysis: object, mode: str) -> None:
-    decision = decide_update_mode(settings, analysis)
-    assert isinstance(decision, UpdateDecision)
+    decision = decide_backend(settings, analysis)
+    assert isinstance(decision, BackendDecision)
     chosen, reason = decision
     assert chosen == mode
     assert decision.background is (mode != "sync")
@@ -129,12 +129,12 @@ def test_mode_needs_both_config_and_flag(settings: Settings, analysis: object, m
 
 
 def test_reasons_say_why() -> None:
-    _, reason = decide_update_mode(OFF, PlainLive())
+    _, reason = decide_backend(OFF, PlainLive())
     assert "jaxviz.background is false" in reason and "/ws/config/general.yaml" in reason
-    _, reason = decide_update_mode(ON, Plain())
+    _, reason = decide_backend(ON, Plain())
     assert "Plain does not declare supports_background_update" in reason
     assert "environment variable X" in reason and "LiveUpdates" in reason
-    _, reason = decide_update_mode(ON, PlainLive())
+    _, reason = decide_backend(ON, PlainLive())
     assert "process backend" in reason and "PlainLive declares" in reason
 
 
@@ -143,8 +143,8 @@ def test_one_log_line_warning_when_the_request_is_not_granted(
 ) -> None:
     log = logging.getLogger("test_flags")
     with caplog.at_level(logging.INFO, logger="test_flags"):
-        assert log_update_mode(ON, Plain(), log).mode == "sync"
-        assert log_update_mode(OFF, Plain(), log).mode == "sync"
-        assert log_update_mode(ON, PlainLive(), log).mode == "process"
+        assert log_backend_decision(ON, Plain(), log).backend == "sync"
+        assert log_backend_decision(OFF, Plain(), log).backend == "sync"
+        assert log_backend_decision(ON, PlainLive(), log).backend == "process"
     levels = [r.levelno for r in caplog.records if r.name == "test_flags"]
     assert levels == [logging.WARNING, logging.INFO, logging.INFO]

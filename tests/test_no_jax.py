@@ -56,8 +56,8 @@ SCRIPT = textwrap.dedent(
 
     import autofit_jaxviz
     from autofit_jaxviz.config import load_settings
-    from autofit_jaxviz.convert import contains_jax, prepare, to_host
-    from autofit_jaxviz.flags import LiveUpdates, decide_update_mode, needs_host_conversion
+    from autofit_jaxviz.convert import contains_jax, to_host
+    from autofit_jaxviz.flags import LiveUpdates, decide_backend, needs_host_conversion
     from autofit_jaxviz.payload import BestFit
 
     settings = load_settings()
@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent(
     class Analysis(LiveUpdates):
         pass
 
-    mode, reason = decide_update_mode(settings, Analysis())
+    mode, reason = decide_backend(settings, Analysis())
     assert mode == ("process" if EXPECT_BACKGROUND else "sync"), reason
     assert needs_host_conversion(Analysis())
 
@@ -77,10 +77,8 @@ SCRIPT = textwrap.dedent(
 
     vector = np.arange(3.0)
     payload = BestFit(-1.0, {"vector": vector, "profiles": [Profile()]}, step=7)
-    prepared = prepare(payload)
-    vector[:] = 9.0
-    payload.parameters["profiles"][0].image[0, 0] = 9.0
-    host = to_host(prepared)
+    host = to_host(payload)
+    assert host is payload  # no JAX loaded: nothing to convert, nothing copied
     assert host.parameters["vector"].tolist() == [0.0, 1.0, 2.0]
     assert host.parameters["profiles"][0].image.tolist() == [[1.0, 1.0], [1.0, 1.0]]
     assert host.parameters["profiles"][0].centre == (0.5, -0.5)

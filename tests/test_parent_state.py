@@ -20,7 +20,8 @@ from autofit_helpers import JaxStateAnalysis, StateAnalysis, gaussian_data, gaus
 from autonerves import conf
 
 import autofit_jaxviz.autofit as live
-from autofit_jaxviz.parent_state import ParentState
+import autofit_jaxviz.autofit.hooks as hooks_module
+from autofit_jaxviz.render.parent_state import ParentState
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -145,7 +146,7 @@ def test_a_second_search_after_a_new_push_is_drawn_where_that_push_says(tmp_path
 def test_state_is_taken_when_the_render_is_handed_over_not_when_the_child_starts(tmp_path):
     """A push after the worker exists but before its (lazy) child starts must not
     move that search's pictures: the render saw the paths of its own hand-over."""
-    from autofit_jaxviz.render_process import ProcessRender
+    from autofit_jaxviz.render.process import ProcessRender
 
     conf.instance.push(new_path=workspace_config(tmp_path / "config", dpi=30, residuals=False),
                        output_path=str(tmp_path / "handed-over"))
@@ -162,7 +163,7 @@ def _report_output_path(_payload):
 
 
 def test_what_cannot_be_carried_over_is_named_once(caplog):
-    from autofit_jaxviz.render_process import ProcessRender
+    from autofit_jaxviz.render.process import ProcessRender
 
     with matplotlib.rc_context({"path.effects": [_Unpicklable()]}):
         render = ProcessRender(_report_output_path, name="notes")
@@ -185,7 +186,7 @@ def test_capture_reads_no_module_the_parent_did_not_import():
     import subprocess
     import sys
 
-    code = ("import sys; from autofit_jaxviz.parent_state import ParentState; "
+    code = ("import sys; from autofit_jaxviz.render.parent_state import ParentState; "
             "s = ParentState.capture(); "
             "print(s.jax_config is None, s.rcparams is None, s.autonerves is None, "
             "sorted({'jax', 'matplotlib', 'autonerves'} & set(sys.modules)))")
@@ -219,7 +220,7 @@ def test_jax_options_set_by_a_script_without_autofit_reach_the_render_process(tm
         "jax.config.update('jax_enable_x64', True)\n"
         "jax.config.update('jax_platforms', 'cpu')\n"
         "from render_helpers import jax_settings\n"
-        "from autofit_jaxviz.render_process import ProcessRender\n"
+        "from autofit_jaxviz.render.process import ProcessRender\n"
         "if __name__ == '__main__':\n"
         "    render = ProcessRender(jax_settings)\n"
         "    print(jax_settings(0), render(0))\n"
@@ -284,7 +285,7 @@ def test_a_whole_emcee_fit_with_the_default_backend_draws_into_the_pushed_output
     conf.instance.push(new_path=workspace_config(tmp_path / "config", dpi=50, residuals=False),
                        output_path=str(custom))
     live.enable(background=True)
-    assert live._state["settings"].backend == "process"
+    assert hooks_module._state["settings"].backend == "process"
     data, noise = gaussian_data()
     search = af.Emcee(name="g", nwalkers=20, nsteps=60, iterations_per_quick_update=200,
                       silence=True, seed=1)

@@ -55,9 +55,10 @@ from reliability_helpers import (
 )
 
 import autofit_jaxviz.autofit as live
-from autofit_jaxviz.callback import report
+import autofit_jaxviz.autofit.hub as hub_module
+from autofit_jaxviz import report
 from autofit_jaxviz.payload import BestFit
-from autofit_jaxviz.worker import QuickUpdateWorker
+from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -106,9 +107,9 @@ def autofit_env(tmp_path, monkeypatch):
     logging.getLogger("autofit").setLevel(logging.WARNING)
     yield tmp_path / "output"
     live.disable()
-    for hub in list(live._hubs.values()):
+    for hub in list(hub_module.hubs.values()):
         hub.worker.shutdown(5.0)
-    live._hubs.clear()
+    hub_module.hubs.clear()
 
 
 class Leftovers:
@@ -198,7 +199,7 @@ class Feed:
     def __init__(self, path: str, fitness) -> None:
         self.path = path
         self.fitness = fitness
-        self.hub = live._hub_for(fitness)
+        self.hub = hub_module.hub_for(fitness)
         if path == "jit":
             assert self.hub.sink is not None
             sink = self.hub.sink
@@ -242,7 +243,7 @@ def test_failing_render_never_reaches_the_sampler(backend, path, failure, segmen
                                                   caplog):
     params, lls, cut = segments
     scribe = Scribe(tmp_path, tmp_path / "evidence.jsonl", **FAILURES[failure])
-    worker = QuickUpdateWorker(scribe, mode=backend, name="failing")
+    worker = QuickUpdateWorker(scribe, backend=backend, name="failing")
     sampler = Sampler(path, worker)
     with caplog.at_level(logging.INFO, logger="autofit_jaxviz"):
         sampler.run(params[:cut], lls[:cut])
@@ -278,7 +279,7 @@ def test_failing_render_never_reaches_the_sampler(backend, path, failure, segmen
 def test_hung_render_never_blocks_the_sampler(backend, path, segments, tmp_path, caplog):
     params, lls, cut = segments
     scribe = Scribe(tmp_path, tmp_path / "evidence.jsonl", hang_call=1)
-    worker = QuickUpdateWorker(scribe, mode=backend, name="hung")
+    worker = QuickUpdateWorker(scribe, backend=backend, name="hung")
     try:
         sampler = Sampler(path, worker)
         sampler.run(params[:cut], lls[:cut])
@@ -288,7 +289,7 @@ def test_hung_render_never_blocks_the_sampler(backend, path, segments, tmp_path,
         assert sampler.finish() == final_best(lls)  # the sampler never waited for it
         outcome: list[bool] = []
         closer = threading.Thread(target=lambda: outcome.append(worker.shutdown(0.5)))
-        with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.worker"):
+        with caplog.at_level(logging.WARNING, logger="autofit_jaxviz"):
             closer.start()
             closer.join(JOIN)
         assert not closer.is_alive(), "shutdown hung past its timeout"
@@ -397,7 +398,7 @@ def test_non_finite_log_likelihoods_in_a_jitted_loop(backend, segments, tmp_path
     lls[[5, 40]] = np.inf
     lls[[7, 90]] = -np.inf
     scribe = Scribe(tmp_path, tmp_path / "evidence.jsonl")
-    worker = QuickUpdateWorker(scribe, mode=backend, name="non-finite")
+    worker = QuickUpdateWorker(scribe, backend=backend, name="non-finite")
     sampler = Sampler("jit", worker)
     sampler.run(params, lls)
     final = sampler.finish()
@@ -432,7 +433,7 @@ def test_unwritable_output_is_reported_once_and_the_fit_continues(backend, path,
         folder.mkdir()
     scribe = Scribe(folder, evidence, fail="enospc" if kind == "disk-full" else None,
                     atomic=kind != "folder-removed-mid-run")
-    worker = QuickUpdateWorker(scribe, mode=backend, name="unwritable")
+    worker = QuickUpdateWorker(scribe, backend=backend, name="unwritable")
     sampler = Sampler(path, worker)
     with caplog.at_level(logging.WARNING, logger="autofit_jaxviz"):
         sampler.run(params[:cut], lls[:cut])
@@ -488,7 +489,7 @@ def test_a_final_render_still_running_at_close_is_not_drawn_twice(path, autofit_
     data, noise = gaussian_data()
     fitness = live_fitness(path, SlowAnalysis(data=data, noise_map=noise), gaussian_model(),
                            name="slow_close")
-    hub = live._hub_for(fitness)
+    hub = hub_module.hub_for(fitness)
     for step, (vector, log_likelihood) in enumerate([([50.0, 20.0, 10.0], -100.0),
                                                      ([50.0, 25.0, 10.0], -10.0)]):
         if path == "host":
@@ -522,7 +523,7 @@ def test_keyboard_interrupt_in_a_real_fit(backend, autofit_env, capsys):
     assert analysis.evaluations == 1500
     markers = _only_markers(autofit_env)
     assert markers[-1]["params"] == list(analysis.best[1])  # the best fit before Ctrl-C
-    assert live._hubs == {}
+    assert hub_module.hubs == {}
     before.check()
 
 
@@ -530,7 +531,7 @@ def test_keyboard_interrupt_in_a_sampler_loop(backend, path, segments, tmp_path)
     params, lls, _ = segments
     before = Leftovers()
     scribe = Scribe(tmp_path, tmp_path / "evidence.jsonl")
-    worker = QuickUpdateWorker(scribe, mode=backend, name="interrupted")
+    worker = QuickUpdateWorker(scribe, backend=backend, name="interrupted")
     sampler = Sampler(path, worker)
     stop = 100
     with pytest.raises(KeyboardInterrupt):
@@ -614,7 +615,7 @@ def _rss() -> int:
 @pytest.mark.slow
 def test_100k_submits_per_second_from_4_threads(backend, tmp_path, record_property):
     scribe = Scribe(tmp_path, tmp_path / "evidence.jsonl")
-    worker = QuickUpdateWorker(scribe, mode=backend, name="stress")
+    worker = QuickUpdateWorker(scribe, backend=backend, name="stress")
     worker.submit(BestFit(-1.0, np.zeros(3), -1))
     assert worker.flush(JOIN)  # warm: render process started, matplotlib loaded
     batch = 500
@@ -718,7 +719,7 @@ def test_two_workers_at_once_draw_only_their_own_fit(backend, path, tmp_path):
     for tag in chains:
         (tmp_path / tag).mkdir()
         scribes[tag] = Scribe(tmp_path / tag, tmp_path / f"{tag}.jsonl", tag=tag)
-        workers[tag] = QuickUpdateWorker(scribes[tag], mode=backend, name=f"fit-{tag}")
+        workers[tag] = QuickUpdateWorker(scribes[tag], backend=backend, name=f"fit-{tag}")
         samplers[tag] = Sampler(path, workers[tag])
     barrier = threading.Barrier(len(chains))
     finals, errors = {}, []
@@ -786,7 +787,7 @@ def test_two_fits_each_draw_only_their_own(backend, when, autofit_env):
         assert png_text(folder / "fit.png")["Title"].startswith(f"{tag} ")
         seen.add(tag)
     assert seen == {"A", "B"}
-    assert live._hubs == {}
+    assert hub_module.hubs == {}
 
 
 def test_render_processes_started_at_once_keep_their_environment(tmp_path, monkeypatch):
@@ -815,7 +816,7 @@ def test_render_processes_started_at_once_keep_their_environment(tmp_path, monke
 
     monkeypatch.setattr(SpawnProcess, "_Popen", staticmethod(gated))
     drawn: list[str] = []
-    workers = [QuickUpdateWorker(matplotlib_backend, mode="process", name=f"fit-{i}",
+    workers = [QuickUpdateWorker(matplotlib_backend, backend="process", name=f"fit-{i}",
                                  on_rendered=lambda _p, result: drawn.append(result))
                for i in range(2)]
     try:

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from render_helpers import Recorder
 
-from autofit_jaxviz.render_process import MAX_RESTARTS, RENDER_NICENESS, unpicklable_part
-from autofit_jaxviz.worker import QuickUpdateWorker
+from autofit_jaxviz.render.process import MAX_RESTARTS, RENDER_NICENESS
+from autofit_jaxviz.render.sending import unpicklable_part
+from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 JOIN = 60.0
@@ -37,7 +38,7 @@ def _gone_within(pid: int, timeout: float) -> bool:
 
 def test_render_runs_in_another_process(tmp_path):
     seen = []
-    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), mode="process",
+    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), backend="process",
                           on_rendered=lambda p, r: seen.append(r))
     w.submit(1)
     assert w.flush(JOIN)
@@ -51,8 +52,8 @@ def test_render_runs_in_another_process(tmp_path):
 
 def test_child_crash_is_reported_and_replaced(tmp_path, caplog):
     rec = Recorder(tmp_path / "r.txt", exit_on=2)
-    w = QuickUpdateWorker(rec, mode="process", name="crashy")
-    with caplog.at_level(logging.ERROR, logger="autofit_jaxviz.worker"):
+    w = QuickUpdateWorker(rec, backend="process", name="crashy")
+    with caplog.at_level(logging.ERROR, logger="autofit_jaxviz"):
         w.submit(1)
         assert w.flush(JOIN)
         w.submit(2)  # the child dies with os._exit(7) drawing this one
@@ -68,7 +69,7 @@ def test_child_crash_is_reported_and_replaced(tmp_path, caplog):
 
 def test_restarts_are_bounded(tmp_path):
     rec = Recorder(tmp_path / "r.txt", exit_on=0)
-    w = QuickUpdateWorker(rec, mode="process")
+    w = QuickUpdateWorker(rec, backend="process")
     for _ in range(MAX_RESTARTS + 3):
         assert w.submit(0)
         assert w.flush(JOIN)
@@ -90,8 +91,8 @@ class HoldsALock:
 def test_unpicklable_render_falls_back_to_thread_and_names_the_attribute(tmp_path, caplog):
     render = HoldsALock(tmp_path / "out.txt")
     assert unpicklable_part(render).startswith(".guard")
-    w = QuickUpdateWorker(render, mode="process", name="unpicklable")
-    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.render_process"):
+    w = QuickUpdateWorker(render, backend="process", name="unpicklable")
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.render.process"):
         w.submit(5)
         assert w.flush(JOIN)
         w.submit(6)
@@ -119,8 +120,8 @@ def test_child_that_cannot_import_the_render_falls_back(tmp_path, caplog):
     sys.modules["only_in_parent"] = module
     module.Render.__module__ = "only_in_parent"
     try:
-        w = QuickUpdateWorker(module.Render(), mode="process", name="nomodule")
-        with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.render_process"):
+        w = QuickUpdateWorker(module.Render(), backend="process", name="nomodule")
+        with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.render.process"):
             w.submit(1)
             assert w.flush(JOIN)
         assert w.stats.rendered == 1
@@ -140,7 +141,7 @@ def test_parent_killed_leaves_no_render_process(tmp_path):
         from render_helpers import Recorder
         from autofit_jaxviz import QuickUpdateWorker
         if __name__ == "__main__":
-            w = QuickUpdateWorker(Recorder({str(tmp_path / "r.txt")!r}), mode="process")
+            w = QuickUpdateWorker(Recorder({str(tmp_path / "r.txt")!r}), backend="process")
             w.submit(1)
             w.flush(60)
             print(w._process_render.pid, flush=True)
@@ -161,7 +162,7 @@ def test_parent_killed_leaves_no_render_process(tmp_path):
 def test_no_zombie_after_shutdown(tmp_path):
     import multiprocessing
 
-    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), mode="process")
+    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), backend="process")
     w.submit(1)
     assert w.flush(JOIN)
     process = w._process_render._process
@@ -171,7 +172,7 @@ def test_no_zombie_after_shutdown(tmp_path):
 
 
 def test_render_process_yields_the_cpu_to_the_sampler(tmp_path):
-    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), mode="process")
+    w = QuickUpdateWorker(Recorder(tmp_path / "r.txt"), backend="process")
     try:
         w.submit(1)
         assert w.flush(JOIN)  # the child lowers its priority before it says it is ready
@@ -202,7 +203,7 @@ class MainRender:  # defined in the script, so only its __main__ knows it
 
 def fit():
     render = MainRender({drawn!r}) if {in_main} else Recorder({drawn!r})
-    w = QuickUpdateWorker(render, mode="process", name="script")
+    w = QuickUpdateWorker(render, backend="process", name="script")
     w.submit(1)
     assert w.flush(60)
     assert w.shutdown(60)
@@ -258,7 +259,7 @@ def test_the_users_script_never_runs_twice(tmp_path, tail, in_main, expected):
     ("this is not python", False),
 ])
 def test_a_script_counts_as_guarded_only_if_its_top_level_does_no_work(source, guarded):
-    from autofit_jaxviz.render_process import source_is_guarded
+    from autofit_jaxviz.render.sending import source_is_guarded
 
     assert source_is_guarded(source) is guarded
 
@@ -267,7 +268,7 @@ def test_shutdown_while_the_render_process_starts_is_not_a_load_failure(tmp_path
     from render_helpers import SlowToLoad
 
     render = SlowToLoad(tmp_path / "r.txt")
-    w = QuickUpdateWorker(render, mode="process", name="starting")
+    w = QuickUpdateWorker(render, backend="process", name="starting")
     with caplog.at_level(logging.WARNING, logger="autofit_jaxviz"):
         w.submit(1)
         assert render.loading.wait(JOIN)  # the child is unpickling the render: not ready
@@ -281,7 +282,7 @@ def test_shutdown_while_the_render_process_starts_is_not_a_load_failure(tmp_path
 
 def test_needs_main_names_the_class_from_main():
     import __main__
-    from autofit_jaxviz.render_process import needs_main
+    from autofit_jaxviz.render.sending import needs_main
 
     cls = type("FromMain", (), {"__module__": "__main__"})
     __main__.FromMain = cls
@@ -297,7 +298,7 @@ def test_render_process_warms_up_before_the_first_render(tmp_path, fails):
     from render_helpers import WarmingRecorder
 
     w = QuickUpdateWorker(WarmingRecorder(tmp_path / "r.txt", warm_up_fails=fails),
-                          mode="process")
+                          backend="process")
     try:
         w.submit(1)
         w.submit(2)
@@ -315,7 +316,7 @@ def test_render_process_warms_up_before_the_first_render(tmp_path, fails):
 def test_autofit_render_warm_up_loads_matplotlib_in_a_fresh_interpreter():
     code = textwrap.dedent("""
         import sys
-        from autofit_jaxviz.display import warm_up_matplotlib
+        from autofit_jaxviz.render.png import warm_up_matplotlib
         assert "matplotlib.backends.backend_agg" not in sys.modules
         assert warm_up_matplotlib() is True
         assert "matplotlib.backends.backend_agg" in sys.modules

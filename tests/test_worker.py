@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from render_helpers import Payload, Recorder
 
-from autofit_jaxviz import worker as worker_module
-from autofit_jaxviz.worker import QuickUpdateWorker
+from autofit_jaxviz import failure_log as failure_log_module
+from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 JOIN = 60.0  # generous upper bound for joins; reaching it means a bug, not a slow machine
@@ -42,7 +42,7 @@ def make(backend, tmp_path):
         worker_kwargs = {k: recorder_kwargs.pop(k) for k in ("min_interval", "on_rendered")
                          if k in recorder_kwargs}
         rec = Recorder(tmp_path / f"{name}.txt", **recorder_kwargs)
-        w = QuickUpdateWorker(rec, mode=backend, name=name, **worker_kwargs)
+        w = QuickUpdateWorker(rec, backend=backend, name=name, **worker_kwargs)
         made.append((w, rec))
         return w, rec
 
@@ -141,15 +141,15 @@ def test_100k_submits_keep_only_newest_alive_and_memory_flat(make):
 
 
 def test_exceptions_never_reach_submitter_and_are_rate_limited(make, caplog, monkeypatch):
-    monkeypatch.setattr(worker_module, "FAILURE_LOG_EVERY", 10)
-    monkeypatch.setattr(worker_module, "FAILURE_LOG_SECONDS", float("inf"))
+    monkeypatch.setattr(failure_log_module, "FAILURE_LOG_EVERY", 10)
+    monkeypatch.setattr(failure_log_module, "FAILURE_LOG_SECONDS", float("inf"))
     w, rec = make(name="broken", behaviour="raise")
-    with caplog.at_level(logging.ERROR, logger="autofit_jaxviz.worker"):
+    with caplog.at_level(logging.ERROR, logger="autofit_jaxviz"):
         for i in range(25):
             assert w.submit(i)
             assert w.flush(JOIN)  # one render per payload, so every one fails
     assert w.stats.failed == 25 and w.stats.rendered == 0
-    records = [r for r in caplog.records if r.name == "autofit_jaxviz.worker"]
+    records = [r for r in caplog.records if r.name == "autofit_jaxviz.render.worker"]
     with_traceback = [r for r in records if r.exc_info]
     assert len(with_traceback) == 1
     assert "bad payload 0" in str(with_traceback[0].exc_info[1])
@@ -162,7 +162,7 @@ def test_exceptions_never_reach_submitter_and_are_rate_limited(make, caplog, mon
 
 def test_not_implemented_turns_worker_off_after_one_info_line(make, caplog):
     w, rec = make(behaviour="not-implemented")
-    with caplog.at_level(logging.INFO, logger="autofit_jaxviz.worker"):
+    with caplog.at_level(logging.INFO, logger="autofit_jaxviz"):
         assert w.submit(1)
         assert w.flush(JOIN)
         assert not w.enabled
@@ -181,7 +181,7 @@ def test_hung_render_shutdown_returns_within_its_timeout(make, caplog):
     assert rec.started.wait(JOIN)
     result: list[bool] = []
     caller = threading.Thread(target=lambda: result.append(w.shutdown(timeout=0.5)))
-    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.worker"):
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz"):
         caller.start()
         caller.join(JOIN)
     assert not caller.is_alive(), "shutdown hung past its timeout"
@@ -256,7 +256,7 @@ def test_min_interval_holds_newer_payloads_back(make):
 
 def test_context_manager_shuts_down(backend, tmp_path):
     rec = Recorder(tmp_path / "cm.txt")
-    with QuickUpdateWorker(rec, mode=backend) as w:
+    with QuickUpdateWorker(rec, backend=backend) as w:
         w.submit(1)
         w.submit(2)
     assert not w.enabled and rec.rendered()[-1] == 2
@@ -270,7 +270,7 @@ def test_sync_mode_renders_inside_submit_and_swallows_errors():
             raise RuntimeError("boom")
         rendered.append(p)
 
-    w = QuickUpdateWorker(render, mode="sync")
+    w = QuickUpdateWorker(render, backend="sync")
     assert w.submit("a")
     assert rendered == ["a"]
     assert w.submit("bad")
@@ -282,7 +282,7 @@ def test_sync_mode_renders_inside_submit_and_swallows_errors():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"mode": "gpu"}, "mode must be one of ('thread', 'process', 'sync'), got 'gpu'"),
+        ({"backend": "gpu"}, "backend must be one of ('thread', 'process', 'sync'), got 'gpu'"),
         ({"min_interval": -1}, "min_interval must be a number >= 0 seconds, got -1"),
         ({"shutdown_timeout": 0}, "shutdown_timeout must be a number > 0 seconds, got 0"),
         ({"on_rendered": 3}, "on_rendered must be callable or None, got 3"),
@@ -354,7 +354,7 @@ def test_interpreter_exit_renders_final_payload_without_explicit_shutdown(backen
         from autofit_jaxviz import QuickUpdateWorker
         if __name__ == "__main__":
             rec = Recorder({str(out)!r}, hold_on=0)
-            w = QuickUpdateWorker(rec, mode={backend!r})
+            w = QuickUpdateWorker(rec, backend={backend!r})
             w.submit(0)
             rec.started.wait(60)  # held mid-draw until the interpreter is exiting
             for i in range(1, 100):

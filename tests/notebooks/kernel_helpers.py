@@ -16,7 +16,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from autofit_jaxviz.display import write_png_atomically
+from autofit_jaxviz.render.png import write_png_atomically
 from autofit_jaxviz.payload import BestFit
 
 #: The line the renderer logs for each held step; the test looks for it on iopub.
@@ -108,7 +108,7 @@ class PyplotVisualizer:
 
 
 class StepRender:
-    """Picklable ``Figure`` + Agg render for ``mode="process"``: the drawing runs
+    """Picklable ``Figure`` + Agg render for ``backend="process"``: the drawing runs
     in the spawned child, the display update in the kernel."""
 
     def __init__(self, out_dir: str | Path) -> None:

@@ -7,45 +7,31 @@ was never drawn) and returns at once; one renderer takes whatever is newest when
 it is free. The sampler never waits for matplotlib, and nothing it submits is
 lost, only superseded.
 
-Three modes share one contract:
-
-``"thread"``
-    one background renderer thread (the default);
-``"process"``
-    the same renderer thread hands each payload to one long-lived spawned
-    render process (see :mod:`autofit_jaxviz.render_process`), so drawing does
-    not compete with a Python-bound sampler for the GIL;
-``"sync"``
-    the render runs inside ``submit`` (autofit's historic behaviour, kept for
-    comparison and for visualizers that must run on the calling thread).
+Three backends (:mod:`autofit_jaxviz.backends`) share one contract: a
+renderer thread (``"thread"``, the default here), the same thread handing each
+payload to a spawned render process (``"process"``, see
+:mod:`autofit_jaxviz.render.process`), or the render inside ``submit``
+(``"sync"``).
 
 Render failures are counted and logged, never raised into the sampler.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import multiprocessing.util  # noqa: F401 - its exit hook must be registered before ours
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from autofit_jaxviz.render_process import ProcessRender, RenderCancelled
+from autofit_jaxviz.backends import BACKENDS, Backend
+from autofit_jaxviz.failure_log import FailureLog
+from autofit_jaxviz.render import lifecycle
+from autofit_jaxviz.render.process import ProcessRender, RenderCancelled
 
 logger = logging.getLogger(__name__)
-
-WorkerMode = Literal["thread", "process", "sync"]
-_MODES: tuple[str, ...] = ("thread", "process", "sync")
-
-#: How many failures pass between two summary log lines after the first traceback.
-FAILURE_LOG_EVERY = 100
-#: ...or how many seconds, whichever comes first.
-FAILURE_LOG_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +64,6 @@ class _Item:
         self.submitted_at = submitted_at
 
 
-_live_workers: weakref.WeakSet[QuickUpdateWorker] = weakref.WeakSet()
-
-
 class QuickUpdateWorker:
     """Render the newest submitted payload, off the sampler's thread.
 
@@ -89,7 +72,7 @@ class QuickUpdateWorker:
     render
         Called with one payload; draws and saves it. Its return value is passed
         to ``on_rendered``.
-    mode
+    backend
         ``"thread"``, ``"process"`` or ``"sync"`` (see the module docstring).
         With ``"process"``, ``render`` must be picklable; if it is not, the
         worker says which part is not, once, and renders in its thread.
@@ -111,7 +94,7 @@ class QuickUpdateWorker:
         self,
         render: Callable[[Any], Any],
         *,
-        mode: WorkerMode = "thread",
+        backend: Backend = "thread",
         name: str = "quick-update",
         min_interval: float = 0.0,
         on_rendered: Callable[[Any, Any], None] | None = None,
@@ -119,8 +102,8 @@ class QuickUpdateWorker:
     ) -> None:
         if not callable(render):
             raise TypeError(f"render must be callable, got {render!r}")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(min_interval, int | float) or not min_interval >= 0:
             raise ValueError(f"min_interval must be a number >= 0 seconds, got {min_interval!r}")
         if on_rendered is not None and not callable(on_rendered):
@@ -130,23 +113,22 @@ class QuickUpdateWorker:
                 f"shutdown_timeout must be a number > 0 seconds, got {shutdown_timeout!r}"
             )
         self._process_render: ProcessRender | None = None
-        if mode == "process":
+        if backend == "process":
             self._process_render = ProcessRender(render, name=name)
             render = self._process_render
         self._render = render
-        self._mode: WorkerMode = mode
+        self._backend: Backend = backend
         self.name = name
         self._min_interval = float(min_interval)
         self._on_rendered = on_rendered
-        self._shutdown_timeout = float(shutdown_timeout)
+        self.shutdown_timeout = float(shutdown_timeout)
         self._fresh_state()
-        _live_workers.add(self)
-        _ensure_process_hooks()
+        lifecycle.track(self)
 
     def _fresh_state(self) -> None:
         """(Re)create every lock and counter; also used in a forked child."""
         self._cond = threading.Condition(threading.Lock())
-        self._render_lock = threading.Lock()  # serialises renders in sync mode
+        self._render_lock = threading.Lock()  # serialises renders with the sync backend
         self._slot: _Item | None = None
         self._in_render: _Item | None = None
         self._seq = 0
@@ -167,14 +149,14 @@ class QuickUpdateWorker:
         self._render_max = 0.0
         self._lag_total = 0.0
         self._lag_max = 0.0
-        self._failures_since_log = 0
-        self._last_failure_log = float("-inf")
+        self._failure_log = FailureLog(logger, self.name, "quick-update render")
 
     # ------------------------------------------------------------------ API
 
     @property
-    def mode(self) -> WorkerMode:
-        return self._mode
+    def backend(self) -> Backend:
+        """Where this worker draws (``"thread"``, ``"process"`` or ``"sync"``)."""
+        return self._backend
 
     @property
     def enabled(self) -> bool:
@@ -186,7 +168,7 @@ class QuickUpdateWorker:
 
         Returns ``True`` when it was accepted, ``False`` when the worker is shut
         down or disabled (the payload is then dropped and counted as rejected).
-        Never blocks on a render in ``"thread"`` mode and never raises.
+        Never blocks on a render with the ``"thread"`` backend and never raises.
         """
         if self._owner_pid != os.getpid():  # forked child without the at-fork hook
             self._fresh_state()
@@ -201,12 +183,12 @@ class QuickUpdateWorker:
             if self._slot is not None:
                 self._superseded += 1
             self._slot = item
-            if self._mode != "sync":
+            if self._backend != "sync":
                 if self._thread is None:
                     self._start_thread()
                 cond.notify_all()
                 return True
-        # sync mode: render on the caller's thread, one render at a time
+        # sync backend: render on the caller's thread, one render at a time
         with self._render_lock:
             with cond:
                 item = self._take_locked()
@@ -215,11 +197,11 @@ class QuickUpdateWorker:
         return True
 
     def prestart(self) -> None:
-        """Start the render process now (``"process"`` mode; a no-op otherwise).
+        """Start the render process now (``"process"`` backend; a no-op otherwise).
 
         The worker normally starts it at the first render, so short runs pay
         nothing. Call this before a sampler opens files it locks (see
-        :meth:`autofit_jaxviz.render_process.ProcessRender.start`).
+        :meth:`autofit_jaxviz.render.process.ProcessRender.start`).
         """
         if self._process_render is not None and not self._closing:
             self._process_render.start()
@@ -235,7 +217,7 @@ class QuickUpdateWorker:
             try:
                 while not self._done_through(target):
                     if self._thread is None or not self._thread.is_alive():
-                        if self._mode != "sync" and self._slot is not None:
+                        if self._backend != "sync" and self._slot is not None:
                             # nobody left to render it (stopped, or hung thread gone)
                             return False
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -255,14 +237,14 @@ class QuickUpdateWorker:
         Payloads submitted afterwards are rejected.
         """
         if timeout is None:
-            timeout = self._shutdown_timeout
+            timeout = self.shutdown_timeout
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True
             self._urgent += 1  # never released: after shutdown nothing waits
             self._cond.notify_all()
             thread = self._thread
-        if self._mode == "sync" or thread is None:
+        if self._backend == "sync" or thread is None:
             with self._cond:
                 self._stopped = True
             if self._process_render is not None:
@@ -340,7 +322,8 @@ class QuickUpdateWorker:
         self.shutdown()
 
     def __repr__(self) -> str:
-        return f"QuickUpdateWorker(name={self.name!r}, mode={self._mode!r}, enabled={self.enabled})"
+        return (f"QuickUpdateWorker(name={self.name!r}, backend={self._backend!r}, "
+                f"enabled={self.enabled})")
 
     # ------------------------------------------------------------ internals
 
@@ -427,33 +410,7 @@ class QuickUpdateWorker:
             )
 
     def _record_failure(self, error: Exception) -> None:
-        now = time.monotonic()
-        with self._cond:
-            first = self._failed == 0
-            self._failures_since_log += 1
-            due = (
-                self._failures_since_log >= FAILURE_LOG_EVERY
-                or now - self._last_failure_log >= FAILURE_LOG_SECONDS
-            )
-            count = self._failures_since_log
-            if first or due:
-                self._failures_since_log = 0
-                self._last_failure_log = now
-        if first:
-            logger.error(
-                "%s: a quick-update render failed; the sampler carries on. "
-                "Further failures are summarised.",
-                self.name,
-                exc_info=error,
-            )
-        elif due:
-            logger.error(
-                "%s: %d more quick-update renders failed (latest: %s: %s)",
-                self.name,
-                count,
-                type(error).__name__,
-                error,
-            )
+        self._failure_log.record(error)
 
     def _after_fork_in_child(self) -> None:
         # The renderer thread does not exist in the child and its locks may have
@@ -462,29 +419,3 @@ class QuickUpdateWorker:
         self._fresh_state()
         if self._process_render is not None:
             self._process_render.forget_after_fork()
-
-
-_hooks_installed = False
-
-
-def _ensure_process_hooks() -> None:
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_shutdown_all_at_exit)
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_reset_all_after_fork)
-
-
-def _shutdown_all_at_exit() -> None:
-    for worker in list(_live_workers):
-        try:
-            worker.shutdown(worker._shutdown_timeout)
-        except Exception:  # pragma: no cover - never let exit crash
-            logger.exception("%s: shutdown at interpreter exit failed", worker.name)
-
-
-def _reset_all_after_fork() -> None:
-    for worker in list(_live_workers):
-        worker._after_fork_in_child()

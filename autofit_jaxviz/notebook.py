@@ -20,8 +20,9 @@ that owns it, whichever cell is running. The update is published with the
 kernel's latest request as parent (the request a frontend is still listening
 to; the fit cell's own request is forgotten by the frontend once another cell
 runs). Text the renderer emits is pinned to the fit's cell instead
-(:meth:`NotebookDisplay.fit_cell_output`). :func:`pyplot_guard` hides the
-renderer's pyplot figures from the inline backend.
+(:meth:`NotebookDisplay.fit_cell_output`).
+:func:`~autofit_jaxviz.render.pyplot.pyplot_guard` hides the renderer's pyplot
+figures from the inline backend.
 
 Outside a kernel (scripts, terminal IPython, pytest) nothing is displayed; the
 renderer still writes its files. ``AUTOFIT_JAXVIZ_NOTEBOOK_DISPLAY=0``,
@@ -32,29 +33,24 @@ display off; nothing switches it on against them.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import sys
-import tempfile
 import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from autofit_jaxviz.config import env_var, environment_value, is_true_word
+from autofit_jaxviz.render.png import PNG_SIGNATURE
+from autofit_jaxviz.render.pyplot import PyplotGuarded, pyplot_guard
+
 logger = logging.getLogger(__name__)
 
-#: ``0``/``false``/``no``/``off`` switches the notebook display off.
-ENV_NOTEBOOK_DISPLAY = "AUTOFIT_JAXVIZ_NOTEBOOK_DISPLAY"
+#: ``0``/``false``/``no``/``off`` switches the notebook display off (parsed by the config).
+ENV_NOTEBOOK_DISPLAY = env_var("notebook_display")
 #: autofit's switch, honoured as well: ``1``/``true``/``yes``/``on`` switches it off.
 ENV_PYAUTO_DISABLE = "PYAUTO_DISABLE_IPYTHON_DISPLAY"
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-_FALSE = frozenset({"0", "false", "no", "off"})
-_TRUE = frozenset({"1", "true", "yes", "on"})
 
 # ------------------------------------------------------------ kernel detection
 
@@ -96,238 +92,17 @@ def switched_off_reason(
 
     ``enabled=False`` and either environment variable turn it off; ``True`` or
     ``None`` leave the decision to the environment (an operator's off switch,
-    e.g. for papermill runs, beats the notebook's own code).
+    e.g. for papermill runs, beats the notebook's own code). A value of ours
+    that is neither raises :class:`~autofit_jaxviz.config.ConfigError`.
     """
     env = os.environ if environ is None else environ
     if enabled is False:
         return "switched off by the enabled=False argument"
-    ours = env.get(ENV_NOTEBOOK_DISPLAY, "").strip().lower()
-    if ours in _FALSE:
+    if environment_value("notebook_display", env) is False:
         return f"switched off by {ENV_NOTEBOOK_DISPLAY}={env[ENV_NOTEBOOK_DISPLAY]}"
-    if ours and ours not in _TRUE:
-        logger.warning("ignoring %s=%r (expected 0 or 1)", ENV_NOTEBOOK_DISPLAY, ours)
-    autofit = env.get(ENV_PYAUTO_DISABLE, "").strip().lower()
-    if autofit in _TRUE:
+    if is_true_word(env.get(ENV_PYAUTO_DISABLE, "")):
         return f"switched off by {ENV_PYAUTO_DISABLE}={env[ENV_PYAUTO_DISABLE]}"
     return None
-
-
-# ---------------------------------------------------------------- PNG files
-
-
-def warm_up_matplotlib() -> bool:
-    """Draw and encode one tiny figure with text, so that the first real
-    picture does not pay for matplotlib's lazy imports and font loading
-    (measured: the first autofit quick update 0.69 s, the next ones 0.15 s).
-    Returns ``False`` when matplotlib is not installed."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return False
-    fig = Figure(figsize=(1, 1), dpi=20)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], label="warm-up")
-    ax.set_title("warm-up")
-    ax.legend()
-    FigureCanvasAgg(fig).print_png(io.BytesIO())
-    return True
-
-
-def write_png_atomically(fig_or_bytes: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
-    """Write a PNG so that no reader ever sees half of it; returns the path.
-
-    ``fig_or_bytes`` is PNG bytes or anything with ``savefig`` (a matplotlib
-    ``Figure``). It is written to a temporary file beside ``path`` and moved
-    over it with ``os.replace``, which is atomic on one file system: the
-    notebook display, a file browser or a viewer polling the file see the old
-    picture or the new one, never a torn one.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(fig_or_bytes, bytes | bytearray | memoryview):
-                f.write(fig_or_bytes)
-            else:
-                fig_or_bytes.savefig(f, format="png", **savefig)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target
-
-
-# ------------------------------------------------------------- pyplot guard
-
-
-class _ThreadFigs:
-    """Stands in for ``Gcf.figs``: pyplot's figure registry, per guarded thread.
-
-    pyplot reads ``Gcf.figs`` on every call, so swapping the class attribute
-    for this view gives a thread inside :func:`pyplot_guard` a registry of its
-    own, while every other thread (the kernel's main thread with its
-    post-execute hook included) keeps seeing the original dict, unchanged.
-    """
-
-    __slots__ = ("shared", "_local")
-    _autofit_jaxviz_thread_figs = True
-
-    def __init__(self, shared: OrderedDict[Any, Any]) -> None:
-        self.shared = shared
-        self._local = threading.local()
-
-    @property
-    def current(self) -> OrderedDict[Any, Any]:
-        figs = getattr(self._local, "figs", None)
-        return self.shared if figs is None else figs
-
-    # pyplot and IPython use get/pop/values/items/clear/move_to_end; delegate all
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.current, name)
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.current[key]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.current[key] = value
-
-    def __delitem__(self, key: Any) -> None:
-        del self.current[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.current
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.current)
-
-    def __reversed__(self) -> Iterator[Any]:
-        return reversed(self.current)
-
-    def __len__(self) -> int:
-        return len(self.current)
-
-    def __bool__(self) -> bool:
-        return bool(self.current)
-
-    def __eq__(self, other: object) -> bool:
-        return self.current == other
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"_ThreadFigs({self.current!r})"
-
-
-class _PrivateFigs(OrderedDict[Any, Any]):
-    """One guarded thread's figure registry; remembers every figure it held,
-    including those the visualizer closed itself."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.opened: list[weakref.ref[Any]] = []
-
-    def __setitem__(self, key: Any, manager: Any) -> None:
-        super().__setitem__(key, manager)
-        figure = getattr(getattr(manager, "canvas", None), "figure", None)
-        if figure is not None and not (self.opened and self.opened[-1]() is figure):
-            self.opened.append(weakref.ref(figure))
-
-
-_install_lock = threading.Lock()
-
-
-def _thread_figs() -> _ThreadFigs:
-    """Install the per-thread figure registry once (idempotent, thread-safe)."""
-    from matplotlib._pylab_helpers import Gcf
-
-    with _install_lock:
-        figs = Gcf.figs
-        if not getattr(figs, "_autofit_jaxviz_thread_figs", False):
-            # the shared view *is* the old dict, so a main-thread call racing
-            # with the swap writes to the same place either way
-            figs = _ThreadFigs(figs)
-            Gcf.figs = figs  # type: ignore[assignment]
-        return figs  # type: ignore[return-value]
-
-
-def _forget_in_inline_backend(figures: list[Any]) -> None:
-    """Drop closed figures from the inline backend's to-draw list.
-
-    In interactive mode it appends every new pyplot figure and keeps it until
-    the next cell finishes: a renderer opening one figure per update during an
-    hours-long fit cell would otherwise pile them all up.
-    """
-    inline = sys.modules.get("matplotlib_inline.backend_inline")
-    to_draw = getattr(getattr(inline, "show", None), "_to_draw", None)
-    if not isinstance(to_draw, list):
-        return
-    for fig in figures:
-        with contextlib.suppress(ValueError):
-            to_draw.remove(fig)  # one atomic list operation under the GIL
-
-
-@contextlib.contextmanager
-def pyplot_guard() -> Iterator[None]:
-    """Run pyplot code so its figures stay private to this thread and are closed after.
-
-    Inside the block ``plt.figure/plot/gcf/gca/savefig/clf/close`` work on a
-    figure registry of this thread's own: the inline backend's post-execute
-    hook (which shows and closes every registered figure when any cell
-    finishes) never sees them, the user's current figure is never drawn into,
-    and everything opened in the block is closed when it ends. Nests.
-
-    Still shared with the main thread, and so able to race: ``rcParams`` and
-    styles (``plt.rcParams[...] =``, ``plt.style.use``, ``rc_context``),
-    ``plt.ion/ioff``, the backend (``matplotlib.use``, ``switch_backend``)
-    and matplotlib's internal caches. ``plt.show()`` inside the block still
-    displays from this thread: visualizers should save files. With a GUI
-    backend (a script) figures are still created off the main thread. The
-    process backend (``mode="process"``) avoids all of this.
-    """
-    figs = _thread_figs()
-    local = figs._local
-    previous = getattr(local, "figs", None)
-    mine = _PrivateFigs()
-    local.figs = mine
-    try:
-        yield
-    finally:
-        try:
-            if mine:
-                from matplotlib._pylab_helpers import Gcf
-
-                for manager in list(mine.values()):  # this thread's view: only ours
-                    Gcf.destroy(manager)
-                mine.clear()
-            figures = [fig for ref in mine.opened if (fig := ref()) is not None]
-            if figures:
-                _forget_in_inline_backend(figures)
-        finally:
-            local.figs = previous
-
-
-class PyplotGuarded[P, R]:
-    """``render`` run inside :func:`pyplot_guard`; picklable if ``render`` is."""
-
-    def __init__(self, render: Callable[[P], R]) -> None:
-        if not callable(render):
-            raise TypeError(f"render must be callable, got {render!r}")
-        self.render = render
-
-    def __call__(self, payload: P) -> R:
-        with pyplot_guard():
-            return self.render(payload)
-
-    def __repr__(self) -> str:
-        return f"PyplotGuarded({self.render!r})"
-
-
-def guard_pyplot[P, R](render: Callable[[P], R]) -> PyplotGuarded[P, R]:
-    """Wrap a pyplot visualizer's render for the thread (or sync) backend."""
-    return PyplotGuarded(render)
 
 
 # ------------------------------------------------------------------ display
@@ -368,7 +143,7 @@ class NotebookDisplay:
     Create it in the fit's cell (on the main thread): in a kernel it displays
     a placeholder with a display id there. :meth:`update` (thread-safe) swaps
     the picture; :meth:`on_rendered` is a ready-made ``on_rendered`` for
-    :class:`~autofit_jaxviz.worker.QuickUpdateWorker`. It never displays a new
+    :class:`~autofit_jaxviz.render.worker.QuickUpdateWorker`. It never displays a new
     object after creation and never clears output.
 
     Inactive (``enabled`` false; updates are no-ops) outside a kernel, when a
@@ -448,7 +223,8 @@ class NotebookDisplay:
         """Show ``png`` (a path, or PNG bytes) in place of the current picture.
 
         Call it after the file is complete (the worker's ``on_rendered`` runs
-        after the render returned; :func:`write_png_atomically` keeps other
+        after the render returned;
+        :func:`~autofit_jaxviz.render.png.write_png_atomically` keeps other
         readers safe too). Thread-safe; returns ``False`` when inactive or when
         the data is not a PNG. Raises ``OSError`` if the file cannot be read.
         """
@@ -480,10 +256,10 @@ class NotebookDisplay:
         self, render: Callable[[P], R], *, guard_pyplot: bool = True
     ) -> Callable[[P], R]:
         """``render`` with its thread's text pinned to the fit's cell and, by
-        default, inside :func:`pyplot_guard`.
+        default, inside :func:`~autofit_jaxviz.render.pyplot.pyplot_guard`.
 
         Pickles to the plain (guarded) render, so it also serves
-        ``mode="process"``, where the child has its own pyplot and no kernel.
+        ``backend="process"``, where the child has its own pyplot and no kernel.
         """
         if not callable(render):
             raise TypeError(f"render must be callable, got {render!r}")

@@ -1,0 +1,134 @@
+"""Switching the integration on and off: the two autofit hooks it patches, and the version check.
+
+Every autofit search builds its ``Fitness`` in one place,
+``SearchExecutionMixin.make_fitness``; when quick updates are due for a
+search, the fitness's class is switched to ``LiveFitness``. autofit's full
+update (``NonLinearSearch.perform_update``) is wrapped only to hold the pyplot
+lock. Nothing is patched before :func:`enable`; :func:`disable` restores both.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from autofit_jaxviz.autofit.fitness import live_fitness_class
+from autofit_jaxviz.autofit.render import PYPLOT_LOCK
+from autofit_jaxviz.config import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+#: The autofit releases whose hooks this module was written against.
+SUPPORTED_AUTOFIT = (">=2026.10.26", "<2026.11")
+#: Searches that trace ``Fitness.call`` into a jitted loop, with no Python between steps.
+JITTED_SEARCHES = frozenset({"BlackJAXNUTS", "SMC"})
+
+_state: dict[str, Any] = {"enabled": False, "settings": None, "originals": {}}
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def check_autofit() -> str:
+    """Return autofit's version, or raise ``RuntimeError`` naming it and the supported range."""
+    try:
+        import autofit
+        from autofit.non_linear.fitness import Fitness
+        from autofit.non_linear.search.abstract_search import NonLinearSearch
+        from autofit.non_linear.search.execution import SearchExecutionMixin
+    except ImportError as error:
+        raise RuntimeError(
+            "autofit_jaxviz.autofit needs autofit "
+            f"{','.join(SUPPORTED_AUTOFIT)} (pip install 'autofit_jaxviz[autofit]'): {error}"
+        ) from error
+    version = getattr(autofit, "__version__", "unknown")
+    low, high = (_version_tuple(bound.lstrip("<>=")) for bound in SUPPORTED_AUTOFIT)
+    problems = []
+    if not low <= _version_tuple(version) < high:
+        problems.append("version outside the supported range")
+    needed = [
+        (SearchExecutionMixin, "make_fitness"),
+        (Fitness, "manage_quick_update"),
+        (Fitness, "shutdown_quick_update"),
+        (Fitness, "objective"),
+        (Fitness, "log_likelihood_from"),
+        (NonLinearSearch, "perform_update"),
+    ]
+    missing = [f"{cls.__name__}.{name}" for cls, name in needed if not hasattr(cls, name)]
+    if missing:
+        problems.append("missing hooks: " + ", ".join(missing))
+    if problems:
+        raise RuntimeError(
+            f"autofit_jaxviz.autofit.enable() supports autofit {','.join(SUPPORTED_AUTOFIT)}; "
+            f"found autofit {version} ({'; '.join(problems)})"
+        )
+    return version
+
+
+def enable(**settings: Any) -> Settings:
+    """Switch live quick updates on for every autofit search built from now on.
+
+    Keyword arguments override the configuration (see
+    :func:`autofit_jaxviz.config.load_settings`), e.g. ``enable(background=True,
+    backend="process")``. Bad settings raise ``ConfigError`` here, at start-up.
+    Calling it again replaces the settings.
+    """
+    check_autofit()
+    resolved = load_settings(**settings)
+    from autofit.non_linear.search.abstract_search import NonLinearSearch
+    from autofit.non_linear.search.execution import SearchExecutionMixin
+
+    originals = _state["originals"]
+    if not _state["enabled"]:
+        originals["make_fitness"] = SearchExecutionMixin.make_fitness
+        originals["perform_update"] = NonLinearSearch.perform_update
+        SearchExecutionMixin.make_fitness = _make_fitness
+        NonLinearSearch.perform_update = _perform_update
+    _state.update(enabled=True, settings=resolved)
+    logger.info("autofit_jaxviz enabled:\n%s", resolved.describe())
+    return resolved
+
+
+def disable() -> None:
+    """Undo :func:`enable`: searches built afterwards are plain autofit again."""
+    if not _state["enabled"]:
+        return
+    from autofit.non_linear.search.abstract_search import NonLinearSearch
+    from autofit.non_linear.search.execution import SearchExecutionMixin
+
+    originals = _state["originals"]
+    SearchExecutionMixin.make_fitness = originals.pop("make_fitness")
+    NonLinearSearch.perform_update = originals.pop("perform_update")
+    _state.update(enabled=False, settings=None)
+
+
+def is_enabled() -> bool:
+    return bool(_state["enabled"])
+
+
+def _make_fitness(search: Any, analysis: Any, model: Any, **overrides: Any) -> Any:
+    fitness = _state["originals"]["make_fitness"](search, analysis, model, **overrides)
+    from autofit.non_linear.fitness import ITERATIONS_NEVER
+
+    cadence = fitness.iterations_per_quick_update
+    if cadence is None or cadence >= ITERATIONS_NEVER or fitness.paths is None:
+        return fitness  # no quick updates for this fit (or autofit's preflight copy)
+    if fitness._background_quick_update is not None:
+        # autofit's own thread was switched on by its config: ours replaces it
+        fitness._background_quick_update.shutdown()
+        fitness._background_quick_update = None
+    fitness.__class__ = live_fitness_class()
+    fitness._jaxviz_setup(
+        settings=_state["settings"],
+        cores=int(getattr(search, "number_of_cores", 1) or 1),
+        in_jit=type(search).__name__ in JITTED_SEARCHES,
+    )
+    return fitness
+
+
+def _perform_update(search: Any, *args: Any, **kwargs: Any) -> Any:
+    # autofit's full update draws with pyplot on the main thread; never at the
+    # same time as a quick update drawing with pyplot on the render thread.
+    with PYPLOT_LOCK:
+        return _state["originals"]["perform_update"](search, *args, **kwargs)

@@ -1,0 +1,203 @@
+"""One fit's routing: which backend draws it, the best on its way, the end of the fit.
+
+The hub owns the fit's worker and lives in a registry keyed by the fitness
+(never in the fitness's ``__dict__``), so a fitness pickles (Dynesty
+checkpoints) and an unpickled copy in the same process finds it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from autofit_jaxviz.autofit.pool import PoolForwarder
+from autofit_jaxviz.autofit.render import AutofitRender
+from autofit_jaxviz.backends import Backend
+from autofit_jaxviz.config import Settings
+from autofit_jaxviz.flags import log_backend_decision, needs_host_conversion
+from autofit_jaxviz.payload import BestFit
+from autofit_jaxviz.render.worker import QuickUpdateWorker
+
+logger = logging.getLogger(__name__)
+
+#: Every fit's hub, by the fitness's key.
+hubs: dict[str, Hub] = {}
+hubs_lock = threading.Lock()
+
+
+class Hub:
+    """Per-fit routing: owns the worker; in a forked child, forwards to the parent."""
+
+    def __init__(self, fitness: Any, settings: Settings, cores: int, in_jit: bool) -> None:
+        self.owner = os.getpid()
+        self.name = f"quick-update[{type(fitness.analysis).__name__}]"
+        self.backend: Backend = log_backend_decision(settings, fitness.analysis, logger).backend
+        render_args = (fitness.analysis, fitness.model, fitness.paths)
+        convert = needs_host_conversion(fitness.analysis)
+        if self.backend == "process" and not settings.user_set("backend"):
+            self.backend = _process_or_thread(AutofitRender(*render_args, convert=convert,
+                                                            lock_pyplot=False), self.name)
+        self.render = AutofitRender(*render_args, convert=convert,
+                                    lock_pyplot=self.backend == "thread")
+        render: Callable[[BestFit], Any] = self.render
+        display = _notebook_display(settings)
+        if display is not None:
+            # text from the render stays in the fit's cell; pyplot figures the
+            # visualizer opens on the render thread never reach the inline backend
+            render = display.wrap_render(render, guard_pyplot=self.backend != "process")
+        elif self.backend == "thread":
+            from autofit_jaxviz.render.pyplot import PyplotGuarded
+
+            render = PyplotGuarded(render)
+        self.display_rendered = display.on_rendered if display is not None else None
+        self.worker = QuickUpdateWorker(
+            render, backend=self.backend, name=self.name,
+            min_interval=settings.min_render_interval,
+            on_rendered=self._on_rendered,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
+        self.shutdown_timeout = settings.shutdown_timeout
+        # spawn before the sampler opens its HDF5 backend (see ProcessRender.start)
+        self.worker.prestart()
+        self.best = -np.inf  # the best handed to the worker
+        self.best_fit: BestFit | None = None
+        self.drawn = -np.inf  # the best whose picture was drawn without an error
+        self.lock = threading.Lock()
+        self.forwarder = PoolForwarder(self.name, self._children_due) if cores > 1 else None
+        self.sink = None
+        if in_jit:
+            from autofit_jaxviz.host.sink import HostSink
+
+            self.sink = HostSink(self.offer_best, name=self.name)
+
+    # called by the fitness ------------------------------------------------
+    def improved(self, vector: Any, log_likelihood: float) -> None:
+        """Every new best of this process's fitness. A forked child forwards it at
+        once, so the parent always knows the global best (and draws it last)."""
+        if os.getpid() != self.owner and self.forwarder is not None:
+            self.forwarder.send_best(log_likelihood, vector)
+
+    def due(self, vector: Any, log_likelihood: float, step: int) -> None:
+        """autofit's cadence says a quick update is due."""
+        if os.getpid() != self.owner:
+            if self.forwarder is None:
+                # a fork we were not told about: render in this process after all
+                self._become_local()
+            else:
+                self.forwarder.send_due(step)
+                return
+        self.offer(vector, log_likelihood, step)
+
+    def offer(self, vector: Any, log_likelihood: float, step: int) -> None:
+        children = self.forwarder.best if self.forwarder is not None else None
+        if children is not None and children[0] > log_likelihood:
+            log_likelihood, vector = children
+        self.offer_best(BestFit(float(log_likelihood), np.array(vector, dtype=float), step))
+
+    def offer_best(self, best: BestFit) -> None:
+        with self.lock:
+            if not best.log_likelihood > self.best:
+                return  # not better than what is already on its way: no new image
+            self.best, self.best_fit = best.log_likelihood, best
+        self.worker.submit(best)
+
+    def _children_due(self, step: int) -> None:
+        children = self.forwarder.best if self.forwarder is not None else None
+        if children is not None:
+            log_likelihood, vector = children
+            self.offer_best(BestFit(log_likelihood, np.asarray(vector, dtype=float), step))
+
+    def _on_rendered(self, best: BestFit, result: Any) -> None:
+        with self.lock:
+            self.drawn = max(self.drawn, best.log_likelihood)
+        if self.display_rendered is not None:
+            self.display_rendered(best, result)
+
+    def _become_local(self) -> None:
+        self.owner = os.getpid()
+        self.best = self.drawn = -np.inf
+        self.lock = threading.Lock()
+
+    def close(self, vector: Any, log_likelihood: float, step: int) -> bool:
+        """End of the fit: draw the global best (whatever the cadence), then stop."""
+        if os.getpid() != self.owner:
+            return True  # a child: the parent owns the worker
+        deadline = time.monotonic() + self.shutdown_timeout
+        children = None
+        if self.forwarder is not None:
+            self.forwarder.close(max(0.0, deadline - time.monotonic()))
+            children = self.forwarder.best
+        if self.sink is not None:
+            self.sink.flush()
+        if vector is not None or children is not None:
+            if vector is None:
+                vector, log_likelihood = children[1], -np.inf
+            self.offer(vector, log_likelihood, step)
+        # The final best may have been handed on earlier and its picture failed
+        # (a full disk for a moment): draw it again, so the image left behind
+        # is of the fit that model.results names. Only once everything handed
+        # on has finished (a render still running is not a failure), and only
+        # for a visualizer that has worked at least once.
+        if self.worker.flush(max(0.0, deadline - time.monotonic())):
+            with self.lock:
+                redraw = self.best_fit if self.drawn < self.best else None
+            if redraw is not None and self.worker.stats.rendered > 0:
+                self.worker.submit(redraw)
+        with hubs_lock:
+            for key, hub in list(hubs.items()):
+                if hub is self:
+                    del hubs[key]
+        return self.worker.shutdown(max(0.0, deadline - time.monotonic()))
+
+
+def _process_or_thread(render: AutofitRender, name: str) -> Backend:
+    """The default backend is ``process``; where this fit cannot use it (an
+    analysis defined in a notebook, say), use a thread and say why, as
+    information: nobody asked for the process."""
+    from autofit_jaxviz.render.sending import main_is_guarded, needs_main, unpicklable_part
+
+    from_main = needs_main(render)
+    if from_main is not None and not main_is_guarded():
+        reason = f"it needs {from_main!r} from __main__ (a notebook or an unguarded script)"
+    else:
+        part = unpicklable_part(render)
+        reason = None if part is None else f"it cannot be pickled: {part}"
+    if reason is None:
+        return "process"
+    logger.info("%s: rendering in a thread, not in a render process (the default), because "
+                "%s; define the analysis in an importable module to render in a process",
+                name, reason)
+    return "thread"
+
+
+def _notebook_display(settings: Settings) -> Any:
+    """One live image in the fit's cell, when in a kernel and not switched off."""
+    from autofit_jaxviz.notebook import NotebookDisplay, in_kernel
+
+    if not settings.notebook_display or not in_kernel():
+        return None
+    display = NotebookDisplay()
+    return display if display.enabled else None
+
+
+def hub_for(fitness: Any) -> Hub | None:
+    """The fitness's hub; ``None`` once its fit has ended (autofit still evaluates
+    the best fit once after shutting quick updates down: that must not start a
+    new worker)."""
+    if fitness.__dict__.get("_jaxviz_closed", False):
+        return None
+    key = fitness._jaxviz_key
+    with hubs_lock:
+        hub = hubs.get(key)
+        if hub is None:
+            # an unpickled copy in a new process (a resume): a fresh worker here
+            settings = Settings(**fitness._jaxviz_settings)
+            hub = Hub(fitness, settings, cores=1, in_jit=fitness._jaxviz_in_jit)
+            hubs[key] = hub
+        return hub

@@ -1,0 +1,61 @@
+"""Every live worker, at interpreter exit and after ``os.fork``.
+
+As in CPython's ``concurrent.futures.thread``, the lifecycle is part of the
+design rather than left to the garbage collector: at exit, every live worker
+draws its final payload and stops, all of them within one deadline (the
+longest ``shutdown_timeout`` among them, not the sum); in a forked child every
+worker starts again from fresh locks, since the parent's renderer thread does
+not exist there and its locks may have been held at the fork.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing.util  # noqa: F401 - its exit hook must be registered before ours
+import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autofit_jaxviz.render.worker import QuickUpdateWorker
+
+logger = logging.getLogger(__name__)
+
+_live_workers: weakref.WeakSet[QuickUpdateWorker] = weakref.WeakSet()
+_hooks_lock = threading.Lock()
+_hooks_installed = False
+
+
+def track(worker: QuickUpdateWorker) -> None:
+    """Include ``worker`` in the exit and fork handling (installed with the first one)."""
+    global _hooks_installed
+    _live_workers.add(worker)
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+    atexit.register(shutdown_all)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_reset_all_after_fork)
+
+
+def shutdown_all() -> None:
+    """Shut every live worker down, all within one deadline: the longest
+    ``shutdown_timeout`` among them, counted from now."""
+    workers = list(_live_workers)
+    if not workers:
+        return
+    deadline = time.monotonic() + max(w.shutdown_timeout for w in workers)
+    for worker in workers:
+        try:
+            worker.shutdown(max(0.0, deadline - time.monotonic()))
+        except Exception:  # pragma: no cover - never let exit crash
+            logger.exception("%s: shutdown at interpreter exit failed", worker.name)
+
+
+def _reset_all_after_fork() -> None:
+    for worker in list(_live_workers):
+        worker._after_fork_in_child()
