@@ -16,8 +16,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from autofit_jaxviz.render.png import write_png_atomically
 from autofit_jaxviz.payload import BestFit
+from autofit_jaxviz.render.png import write_png_atomically
 
 #: The line the renderer logs for each held step; the test looks for it on iopub.
 LOG_MARKER = "render-log-marker"
