@@ -12,12 +12,12 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@PY312="$$(scripts/find-python312)" || exit 1; \
 	  echo "using $$PY312"; \
 	  [ -x $(PY) ] || "$$PY312" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" -c constraints.txt
 	@touch $(STAMP)
 
 demo: venv

@@ -6,6 +6,7 @@ the analysis class.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -55,7 +56,8 @@ class MarkedAnalysis(LiveUpdates, af.ex.Analysis):
         if self.is_jax:
             return value  # traced: no Python-side bookkeeping possible
         self.evaluations += 1
-        if np.isfinite(value) and value > self.best[0]:
+        # only points autofit can accept: it gives a point outside the priors -inf
+        if np.isfinite(value) and value > self.best[0] and in_prior(_params(instance)):
             self.best = (float(value), _params(instance))
             if self.best_dir is not None:
                 with open(Path(self.best_dir) / f"best-{os.getpid()}.txt", "a") as f:
@@ -92,13 +94,26 @@ def read_markers(root: Path) -> list[tuple[tuple[float, float, float], int, int]
     return rows
 
 
+@functools.cache
+def _prior_bounds() -> tuple[tuple[float, float], ...]:
+    return tuple((p.lower_limit, p.upper_limit) for p in gaussian_model().priors_ordered_by_id)
+
+
+def in_prior(parameters: tuple[float, ...]) -> bool:
+    """Whether a point lies inside :func:`gaussian_model`'s priors (autofit gives a
+    point outside them a log-likelihood of -inf, whatever the analysis computed)."""
+    return all(low <= value <= high
+               for (low, high), value in zip(_prior_bounds(), parameters, strict=True))
+
+
 def read_best_files(directory: Path) -> tuple[float, tuple[float, ...]]:
-    """The best (log-likelihood, parameters) any process evaluated."""
+    """The best finite, in-prior (log-likelihood, parameters) any process evaluated:
+    what the library promises to draw last."""
     best: tuple[float, tuple[float, ...]] = (-np.inf, ())
     for path in Path(directory).glob("best-*.txt"):
         for line in path.read_text().splitlines():
             value, *params = map(float, line.split())
-            if value > best[0]:
+            if np.isfinite(value) and value > best[0] and in_prior(tuple(params)):
                 best = (value, tuple(params))
     return best
 

@@ -64,14 +64,37 @@ def test_not_enabled_means_plain_autofit():
     assert type(fitness) is Fitness
 
 
-def test_version_check_names_found_version_and_range(monkeypatch):
+def test_version_check_names_found_version_and_minimum(monkeypatch):
     import autofit
 
     monkeypatch.setattr(autofit, "__version__", "2025.1.1.1")
     with pytest.raises(RuntimeError) as info:
         live.enable()
     message = str(info.value)
-    assert "found autofit 2025.1.1.1" in message and ">=2026.10.26,<2026.11" in message
+    assert "found autofit 2025.1.1.1" in message and ">= 2026.10.26" in message
+    assert not live.is_enabled()
+
+
+def test_a_newer_autofit_with_every_hook_warns_once_and_works(monkeypatch, caplog):
+    import autofit
+
+    monkeypatch.setattr(autofit, "__version__", "2027.3.1.1")
+    monkeypatch.setattr(hooks_module, "_warned_versions", set())
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz"):
+        live.enable()
+        live.disable()
+        live.enable()
+    warnings = [r.getMessage() for r in caplog.records if "newer than" in r.getMessage()]
+    assert len(warnings) == 1 and "2027.3.1.1" in warnings[0]
+    assert live.is_enabled()
+
+
+def test_a_missing_hook_fails_naming_it(monkeypatch):
+    from autofit.non_linear.fitness import Fitness
+
+    monkeypatch.delattr(Fitness, "shutdown_quick_update")
+    with pytest.raises(RuntimeError, match="missing hooks: Fitness.shutdown_quick_update"):
+        live.enable()
     assert not live.is_enabled()
 
 

@@ -18,8 +18,11 @@ from autofit_jaxviz.config import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-#: The autofit releases whose hooks this module was written against.
-SUPPORTED_AUTOFIT = (">=2026.10.26", "<2026.11")
+#: The oldest autofit with the hooks this module needs.
+MINIMUM_AUTOFIT = "2026.10.26"
+#: The newest autofit release series this module was tested with; a newer one
+#: is used (with one warning) as long as every hook is there.
+TESTED_AUTOFIT = "2026.10"
 #: Searches that trace ``Fitness.call`` into a jitted loop, with no Python between steps.
 JITTED_SEARCHES = frozenset({"BlackJAXNUTS", "SMC"})
 
@@ -31,7 +34,12 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def check_autofit() -> str:
-    """Return autofit's version, or raise ``RuntimeError`` naming it and the supported range."""
+    """Return autofit's version; raise ``RuntimeError`` when it is too old or a hook
+    this integration patches is missing, naming the version found.
+
+    autofit releases about monthly: a release newer than the tested one is used
+    with one warning, so that upgrading autofit never locks a user out.
+    """
     try:
         import autofit
         from autofit.non_linear.fitness import Fitness
@@ -39,14 +47,14 @@ def check_autofit() -> str:
         from autofit.non_linear.search.execution import SearchExecutionMixin
     except ImportError as error:
         raise RuntimeError(
-            "autofit_jaxviz.autofit needs autofit "
-            f"{','.join(SUPPORTED_AUTOFIT)} (pip install 'autofit_jaxviz[autofit]'): {error}"
+            f"autofit_jaxviz.autofit needs autofit >= {MINIMUM_AUTOFIT} "
+            f"(pip install 'autofit_jaxviz[autofit]'): {error}"
         ) from error
     version = getattr(autofit, "__version__", "unknown")
-    low, high = (_version_tuple(bound.lstrip("<>=")) for bound in SUPPORTED_AUTOFIT)
+    found = _version_tuple(version)
     problems = []
-    if not low <= _version_tuple(version) < high:
-        problems.append("version outside the supported range")
+    if found < _version_tuple(MINIMUM_AUTOFIT):
+        problems.append(f"older than {MINIMUM_AUTOFIT}")
     needed = [
         (SearchExecutionMixin, "make_fitness"),
         (Fitness, "manage_quick_update"),
@@ -60,10 +68,19 @@ def check_autofit() -> str:
         problems.append("missing hooks: " + ", ".join(missing))
     if problems:
         raise RuntimeError(
-            f"autofit_jaxviz.autofit.enable() supports autofit {','.join(SUPPORTED_AUTOFIT)}; "
-            f"found autofit {version} ({'; '.join(problems)})"
+            f"autofit_jaxviz.autofit.enable() needs autofit >= {MINIMUM_AUTOFIT} with the hooks "
+            f"it patches; found autofit {version} ({'; '.join(problems)})"
         )
+    tested = _version_tuple(TESTED_AUTOFIT)
+    if found[:len(tested)] > tested and version not in _warned_versions:
+        _warned_versions.add(version)
+        logger.warning("autofit %s is newer than the release this autofit_jaxviz was tested "
+                       "with (%s.x); every hook it needs is present, so it is used", version,
+                       TESTED_AUTOFIT)
     return version
+
+
+_warned_versions: set[str] = set()
 
 
 def enable(**settings: Any) -> Settings:

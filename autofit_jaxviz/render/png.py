@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
+import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,14 @@ def write_png_atomically(fig_or_bytes: Any, path: str | os.PathLike[str], **save
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    # os.open with 0o666 lets the umask decide, as open() would (mkstemp's 0600
+    # would hide the picture from colleagues and web servers on a shared folder)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(FileNotFoundError):  # keep an existing picture's mode
+                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(target).st_mode))
             if isinstance(fig_or_bytes, bytes | bytearray | memoryview):
                 f.write(fig_or_bytes)
             else:

@@ -194,7 +194,8 @@ class ProcessRender:
         self.fallback_reason: str | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one render at a time
+        self._send_lock = threading.Lock()  # one message on the pipe at a time
         self._closed = False
         self._ready = False
         self.starts = 0
@@ -214,7 +215,8 @@ class ProcessRender:
             if conn is None:
                 return self._render(payload)
             try:
-                conn.send(payload)
+                with self._send_lock:
+                    conn.send(payload)
                 status, value = conn.recv()
             except (EOFError, OSError) as error:
                 if self._closed:
@@ -331,6 +333,7 @@ class ProcessRender:
         """In a forked child: drop the parent's render process without touching it."""
         self._process = self._conn = None
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
 
     def _reap(self) -> int | None:
         process, conn = self._process, self._conn
@@ -348,7 +351,10 @@ class ProcessRender:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the child: ask politely, then terminate, then kill. Idempotent.
 
-        Not under the render lock: a hung render must not stop the close.
+        Not under the render lock: a hung render must not stop the close. Its
+        stop message goes under the send lock (so it never interleaves with a
+        payload the renderer is still writing); if a send holds the pipe for
+        longer than ``timeout``, the child is terminated instead.
         """
         self._closed = True
         process, conn = self._process, self._conn
@@ -357,7 +363,11 @@ class ProcessRender:
             return
         if conn is not None:
             try:
-                conn.send(None)
+                if self._send_lock.acquire(timeout=timeout):
+                    try:
+                        conn.send(None)
+                    finally:
+                        self._send_lock.release()
             except (OSError, ValueError):
                 pass
         process.join(timeout)
