@@ -39,8 +39,8 @@ def make(backend, tmp_path):
     made: list[tuple[QuickUpdateWorker, Recorder]] = []
 
     def factory(name="rec", **recorder_kwargs) -> tuple[QuickUpdateWorker, Recorder]:
-        worker_kwargs = {k: recorder_kwargs.pop(k) for k in ("min_interval", "on_rendered")
-                         if k in recorder_kwargs}
+        worker_kwargs = {k: recorder_kwargs.pop(k) for k in ("min_interval", "on_rendered",
+                                                             "rank") if k in recorder_kwargs}
         rec = Recorder(tmp_path / f"{name}.txt", **recorder_kwargs)
         w = QuickUpdateWorker(rec, backend=backend, name=name, **worker_kwargs)
         made.append((w, rec))
@@ -372,3 +372,28 @@ def test_interpreter_exit_renders_final_payload_without_explicit_shutdown(backen
     assert proc.returncode == 0, proc.stderr
     assert "Fatal Python error" not in proc.stderr
     assert out.read_text().splitlines() == ["0", "99"]
+
+
+def test_a_ranked_slot_never_draws_a_worse_payload_after_a_better_one(make):
+    """Two producers: the better fit (5) is drawn; the worse one (3) arriving
+    late, while 5 renders and after it, is dropped; an equal rank (a redraw) and
+    a final payload are accepted."""
+    w, rec = make(hold_on=5, rank=float)
+    assert w.submit(1) and w.flush(JOIN)
+    assert w.submit(5)
+    assert rec.started.wait(JOIN)  # 5 is being drawn
+    assert not w.submit(3)  # late and worse: not queued behind it
+    rec.release.set()
+    assert w.flush(JOIN)
+    assert not w.submit(4)
+    assert w.submit(5) and w.flush(JOIN)  # the same best again (a redraw after a failure)
+    assert w.submit(2, final=True) and w.flush(JOIN)  # the fit's result has the last word
+    assert rec.rendered() == [1, 5, 5, 2]
+    assert w.stats.outranked == 2
+
+
+def test_an_unrankable_payload_is_drawn_not_raised(make):
+    w, rec = make(rank=float)
+    assert w.submit(3) and w.flush(JOIN)
+    assert w.submit("not a number") and w.flush(JOIN)
+    assert rec.rendered() == [3, "not a number"] and w.stats.failed == 0

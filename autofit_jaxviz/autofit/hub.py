@@ -20,6 +20,7 @@ from autofit_jaxviz.autofit.pool import PoolForwarder
 from autofit_jaxviz.autofit.render import AutofitRender
 from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import Settings
+from autofit_jaxviz.device.lazy_jax import effects_barrier
 from autofit_jaxviz.flags import log_backend_decision, needs_host_conversion
 from autofit_jaxviz.payload import BestFit
 from autofit_jaxviz.render.worker import QuickUpdateWorker
@@ -61,6 +62,7 @@ class Hub:
             min_interval=settings.min_render_interval,
             on_rendered=self._on_rendered,
             shutdown_timeout=settings.shutdown_timeout,
+            rank=_log_likelihood,  # a late, worse fit from another producer is never drawn
         )
         self.shutdown_timeout = settings.shutdown_timeout
         # spawn before the sampler opens its HDF5 backend (see ProcessRender.start)
@@ -115,7 +117,7 @@ class Hub:
 
     def _on_rendered(self, best: BestFit, result: Any) -> None:
         with self.lock:
-            self.drawn = max(self.drawn, best.log_likelihood)
+            self.drawn = best.log_likelihood  # the last picture on disk, not a running maximum
         if self.display_rendered is not None:
             self.display_rendered(best, result)
 
@@ -134,6 +136,7 @@ class Hub:
             self.forwarder.close(max(0.0, deadline - time.monotonic()))
             children = self.forwarder.best
         if self.sink is not None:
+            effects_barrier()  # every callback the jitted search dispatched has arrived
             self.sink.flush()
         if vector is not None or children is not None:
             if vector is None:
@@ -154,6 +157,10 @@ class Hub:
                 if hub is self:
                     del hubs[key]
         return self.worker.shutdown(max(0.0, deadline - time.monotonic()))
+
+
+def _log_likelihood(best: BestFit) -> float:
+    return best.log_likelihood
 
 
 def _process_or_thread(render: AutofitRender, name: str) -> Backend:

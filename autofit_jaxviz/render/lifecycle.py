@@ -1,8 +1,9 @@
 """Every live worker, at interpreter exit and after ``os.fork``.
 
 As in CPython's ``concurrent.futures.thread``, the lifecycle is part of the
-design rather than left to the garbage collector: at exit, every live worker
-draws its final payload and stops, all of them within one deadline (the
+design rather than left to the garbage collector: at exit, JAX's callbacks
+still in flight are waited for (``jax.effects_barrier``), then every live
+worker draws its final payload and stops, all of them within one deadline (the
 longest ``shutdown_timeout`` among them, not the sum); in a forked child every
 worker starts again from fresh locks, since the parent's renderer thread does
 not exist there and its locks may have been held at the fork.
@@ -18,6 +19,8 @@ import threading
 import time
 import weakref
 from typing import TYPE_CHECKING
+
+from autofit_jaxviz.device.lazy_jax import effects_barrier
 
 if TYPE_CHECKING:
     from autofit_jaxviz.render.worker import QuickUpdateWorker
@@ -48,6 +51,7 @@ def shutdown_all() -> None:
     workers = list(_live_workers)
     if not workers:
         return
+    effects_barrier()  # callbacks still in flight deliver their best fits first
     deadline = time.monotonic() + max(w.shutdown_timeout for w in workers)
     for worker in workers:
         try:

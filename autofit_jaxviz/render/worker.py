@@ -51,6 +51,8 @@ class WorkerStats:
     max_lag_seconds: float
     process_starts: int = 0
     process_restarts: int = 0
+    #: submits dropped because they ranked below a payload already accepted
+    outranked: int = 0
 
 
 class _Item:
@@ -88,6 +90,13 @@ class QuickUpdateWorker:
         counted like render failures.
     shutdown_timeout
         The timeout the interpreter-exit hook gives ``shutdown``.
+    rank
+        Optional ``rank(payload) -> float`` (for best fits: the log-likelihood).
+        A payload ranked below one already accepted is dropped (``submit``
+        returns ``False``, counted in ``stats.outranked``), so with several
+        producers (a pool listener, the sampler thread, XLA's callback
+        thread) a worse fit that arrives late is never drawn after a better
+        one. ``submit(..., final=True)`` bypasses it.
     """
 
     def __init__(
@@ -99,6 +108,7 @@ class QuickUpdateWorker:
         min_interval: float = 0.0,
         on_rendered: Callable[[Any, Any], None] | None = None,
         shutdown_timeout: float = 30.0,
+        rank: Callable[[Any], float] | None = None,
     ) -> None:
         if not callable(render):
             raise TypeError(f"render must be callable, got {render!r}")
@@ -106,6 +116,8 @@ class QuickUpdateWorker:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(min_interval, int | float) or not min_interval >= 0:
             raise ValueError(f"min_interval must be a number >= 0 seconds, got {min_interval!r}")
+        if rank is not None and not callable(rank):
+            raise TypeError(f"rank must be callable or None, got {rank!r}")
         if on_rendered is not None and not callable(on_rendered):
             raise TypeError(f"on_rendered must be callable or None, got {on_rendered!r}")
         if not isinstance(shutdown_timeout, int | float) or not shutdown_timeout > 0:
@@ -121,6 +133,7 @@ class QuickUpdateWorker:
         self.name = name
         self._min_interval = float(min_interval)
         self._on_rendered = on_rendered
+        self._rank = rank
         self.shutdown_timeout = float(shutdown_timeout)
         self._fresh_state()
         lifecycle.track(self)
@@ -145,6 +158,8 @@ class QuickUpdateWorker:
         self._superseded = 0
         self._failed = 0
         self._rejected = 0
+        self._outranked = 0
+        self._best_rank = float("-inf")
         self._render_total = 0.0
         self._render_max = 0.0
         self._lag_total = 0.0
@@ -163,20 +178,29 @@ class QuickUpdateWorker:
         """False once shut down, or once the render said ``NotImplementedError``."""
         return not (self._closing or self._disabled)
 
-    def submit(self, payload: Any) -> bool:
+    def submit(self, payload: Any, *, final: bool = False) -> bool:
         """Offer ``payload`` for rendering; replaces any payload not yet drawn.
 
         Returns ``True`` when it was accepted, ``False`` when the worker is shut
-        down or disabled (the payload is then dropped and counted as rejected).
-        Never blocks on a render with the ``"thread"`` backend and never raises.
+        down or disabled (counted as rejected) or the payload ranks below one
+        already accepted (counted as outranked; see ``rank``). ``final=True``
+        marks the authoritative last payload (the fit's result): it is accepted
+        whatever its rank. Never blocks on a render with the ``"thread"``
+        backend and never raises.
         """
         if self._owner_pid != os.getpid():  # forked child without the at-fork hook
             self._fresh_state()
+        key = self._rank_of(payload)
         cond = self._cond
         with cond:
             if self._closing or self._disabled:
                 self._rejected += 1
                 return False
+            if key is not None:
+                if key < self._best_rank and not final:
+                    self._outranked += 1
+                    return False
+                self._best_rank = key if final else max(key, self._best_rank)
             self._seq += 1
             self._submitted += 1
             item = _Item(payload, self._seq, time.monotonic())
@@ -313,6 +337,7 @@ class QuickUpdateWorker:
                 max_lag_seconds=self._lag_max,
                 process_starts=self._process_render.starts if self._process_render else 0,
                 process_restarts=self._process_render.restarts if self._process_render else 0,
+                outranked=self._outranked,
             )
 
     def __enter__(self) -> QuickUpdateWorker:
@@ -326,6 +351,15 @@ class QuickUpdateWorker:
                 f"enabled={self.enabled})")
 
     # ------------------------------------------------------------ internals
+
+    def _rank_of(self, payload: Any) -> float | None:
+        if self._rank is None:
+            return None
+        try:
+            key = float(self._rank(payload))
+        except Exception:  # an unrankable payload is drawn, never raised into the sampler
+            return None
+        return key if key == key else None  # NaN ranks nowhere: treat as unranked
 
     def _done_through(self, target: int) -> bool:
         """True when no payload with ``seq <= target`` is waiting or rendering."""
