@@ -106,18 +106,6 @@ def in_prior(parameters: tuple[float, ...]) -> bool:
                for (low, high), value in zip(_prior_bounds(), parameters, strict=True))
 
 
-def read_best_files(directory: Path) -> tuple[float, tuple[float, ...]]:
-    """The best finite, in-prior (log-likelihood, parameters) any process evaluated:
-    what the library promises to draw last."""
-    best: tuple[float, tuple[float, ...]] = (-np.inf, ())
-    for path in Path(directory).glob("best-*.txt"):
-        for line in path.read_text().splitlines():
-            value, *params = map(float, line.split())
-            if np.isfinite(value) and value > best[0] and in_prior(tuple(params)):
-                best = (value, tuple(params))
-    return best
-
-
 class StateAnalysis(LiveUpdates, af.ex.Analysis):
     """A quick update whose every pixel depends on the drawing process's state:
     a workspace config (``visualize/jaxviz_test.yaml``: dpi and which panels),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 
 import autofit as af
@@ -180,3 +182,95 @@ class _RecordingSink:
     def flush(self):
         self.calls.append("sink.flush")
         return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("search_kind", ["nuts", "emcee"])
+def test_the_last_picture_is_the_results_maximum_likelihood_sample(tmp_path, search_kind):
+    """BlackJAX NUTS reports only ~1 evaluation in iterations_per_quick_update
+    to the host, so the best the hub saw is the best of a subsample; whatever
+    it saw, the picture left behind is the sample autofit's result names."""
+    data, noise = gaussian_data()
+    if search_kind == "nuts":
+        pytest.importorskip("blackjax")
+        analysis = MarkedAnalysis(data=data, noise_map=noise, use_jax=True)
+        search = af.BlackJAXNUTS(name="nuts", num_warmup=50, num_samples=100, num_chains=2,
+                                 iterations_per_quick_update=50, silence=True, seed=3)
+    else:
+        analysis = MarkedAnalysis(data=data, noise_map=noise)
+        search = af.Emcee(name="emcee", nwalkers=20, nsteps=100, iterations_per_quick_update=300,
+                          silence=True, seed=1)
+    live.enable(background=True)
+    result = search.fit(model=gaussian_model(), analysis=analysis)
+    expected = result.samples.max_log_likelihood(as_instance=False)
+    rows = read_markers(tmp_path / "output")
+    np.testing.assert_allclose(rows[-1][0], expected, rtol=1e-12)
+    assert id(analysis) not in hub_module.awaiting_result
+
+
+def _fork(body) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child: like a pool worker, it only sends
+        try:
+            body()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _exited(pid: int, timeout: float) -> int | None:
+    """The child's exit status, or None if it is still running after ``timeout``."""
+    status: list[int] = []
+    waiter = threading.Thread(target=lambda: status.append(os.waitpid(pid, 0)[1]), daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    return status[0] if status else None
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # os.fork with JAX's threads around
+def test_a_pool_child_killed_mid_fit_neither_hangs_nor_corrupts_the_parent():
+    from autofit_jaxviz.autofit.pool import PoolForwarder
+
+    forwarder = PoolForwarder("pool", on_due=lambda step: None)
+    killed = _fork(lambda: [forwarder.send_best(-1e9 + k, [k, 0.0]) for k in iter(int, 1)])
+    finishers = [_fork(lambda i=i: [forwarder.send_best(100.0 * i + k, [i, k])
+                                    for k in range(2000)]) for i in (1, 2)]
+    assert all(_exited(pid, JOIN) == 0 for pid in finishers)
+    os.kill(killed, signal.SIGKILL)  # mid-write for all we know: writes are atomic
+    assert _exited(killed, JOIN) is not None
+    forwarder.close(JOIN)
+    assert not forwarder.listener.is_alive()
+    assert forwarder.bad == 0  # no torn or interleaved message, SIGKILL or not
+    # a full pipe drops messages (the flooding child fills it), never corrupts
+    # them: the best is one pair exactly as a child sent it
+    log_likelihood, (first, second) = forwarder.best
+    assert log_likelihood == (100.0 * first + second if first in (1.0, 2.0) else -1e9 + first)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_pool_child_never_waits_for_a_parent_that_fell_behind():
+    """The parent's listener is stuck (a slow submit); a child writes 100,000
+    improvements, far more than a pipe holds, and still finishes on its own."""
+    from autofit_jaxviz.autofit.pool import PoolForwarder
+
+    stuck, entered = threading.Event(), threading.Event()
+
+    def on_due(step):
+        entered.set()
+        stuck.wait(JOIN)
+
+    forwarder = PoolForwarder("pool", on_due=on_due)
+    forwarder.send_best(1.0, [1.0])  # from the parent itself: a best exists, so dues count
+
+    def child():
+        forwarder.send_due(1)
+        for k in range(100_000):
+            forwarder.send_best(float(k), [float(k)] * 8)
+
+    pid = _fork(child)
+    assert entered.wait(JOIN)
+    status = _exited(pid, JOIN)
+    stuck.set()
+    forwarder.close(JOIN)
+    assert status == 0, "the child blocked on a full pipe"
+    assert not forwarder.listener.is_alive()

@@ -148,4 +148,31 @@ def _perform_update(search: Any, *args: Any, **kwargs: Any) -> Any:
     # autofit's full update draws with pyplot on the main thread; never at the
     # same time as a quick update drawing with pyplot on the render thread.
     with PYPLOT_LOCK:
-        return _state["originals"]["perform_update"](search, *args, **kwargs)
+        samples = _state["originals"]["perform_update"](search, *args, **kwargs)
+    bound = _perform_update_arguments(*args, **kwargs)
+    if not bound["during_analysis"]:
+        _draw_result(bound["analysis"], samples)
+    return samples
+
+
+def _perform_update_arguments(model: Any = None, analysis: Any = None, during_analysis: bool = True,
+                         *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``perform_update``'s arguments by name, however autofit passed them."""
+    return {"analysis": analysis, "during_analysis": during_analysis}
+
+
+def _draw_result(analysis: Any, samples: Any) -> None:
+    """The fit's result is known: leave its maximum-likelihood sample as the picture."""
+    from autofit_jaxviz.autofit.hub import awaiting_result
+
+    hub = awaiting_result.get(id(analysis))
+    if hub is None or hub.analysis is not analysis:
+        return
+    try:
+        vector = samples.max_log_likelihood(as_instance=False)
+        log_likelihood = float(samples.max_log_likelihood_sample.log_likelihood)
+    except Exception:  # noqa: BLE001 - no samples (an empty or bypassed fit): nothing to draw
+        logger.debug("no maximum-likelihood sample in the result", exc_info=True)
+        awaiting_result.pop(id(analysis), None)
+        return
+    hub.draw_result(vector, log_likelihood)

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from autofit_jaxviz.autofit.pool import PoolForwarder
-from autofit_jaxviz.autofit.render import AutofitRender
+from autofit_jaxviz.autofit.render import PYPLOT_LOCK, AutofitRender, ResultFit
 from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import Settings
 from autofit_jaxviz.device.lazy_jax import effects_barrier
 from autofit_jaxviz.flags import log_backend_decision, needs_host_conversion
 from autofit_jaxviz.payload import BestFit
+from autofit_jaxviz.render.pyplot import pyplot_guard
 from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 #: Every fit's hub, by the fitness's key.
 hubs: dict[str, Hub] = {}
 hubs_lock = threading.Lock()
+#: Hubs whose sampling ended, waiting for autofit's result (by id of the analysis).
+awaiting_result: dict[int, Hub] = {}
+#: How many of them are kept (a fit interrupted between the two is forgotten).
+MAX_AWAITING = 8
 
 
 class Hub:
@@ -70,6 +75,8 @@ class Hub:
         self.best = -np.inf  # the best handed to the worker
         self.best_fit: BestFit | None = None
         self.drawn = -np.inf  # the best whose picture was drawn without an error
+        self.drawn_fit: BestFit | None = None
+        self.analysis = fitness.analysis
         self.lock = threading.Lock()
         self.forwarder = PoolForwarder(self.name, self._children_due) if cores > 1 else None
         self.sink = None
@@ -117,7 +124,8 @@ class Hub:
 
     def _on_rendered(self, best: BestFit, result: Any) -> None:
         with self.lock:
-            self.drawn = best.log_likelihood  # the last picture on disk, not a running maximum
+            # the last picture on disk, not a running maximum
+            self.drawn, self.drawn_fit = best.log_likelihood, best
         if self.display_rendered is not None:
             self.display_rendered(best, result)
 
@@ -156,7 +164,38 @@ class Hub:
             for key, hub in list(hubs.items()):
                 if hub is self:
                     del hubs[key]
+            awaiting_result[id(self.analysis)] = self
+            while len(awaiting_result) > MAX_AWAITING:  # fits whose result never came
+                del awaiting_result[next(iter(awaiting_result))]
         return self.worker.shutdown(max(0.0, deadline - time.monotonic()))
+
+    def draw_result(self, vector: Any, log_likelihood: float) -> bool:
+        """After the fit: the picture left behind must show the maximum-likelihood
+        sample of autofit's result. It usually is the last one drawn; where it is
+        not (a jitted search saw only a thinned subsample of its evaluations, a
+        resumed fit never saw the points evaluated before it stopped), it is
+        drawn here, on the calling thread, as autofit's own final visuals are.
+        Returns whether a picture was drawn; never raises."""
+        with hubs_lock:
+            if awaiting_result.get(id(self.analysis)) is self:
+                del awaiting_result[id(self.analysis)]
+        vector = np.asarray(vector, dtype=float)
+        drawn = self.drawn_fit
+        if drawn is not None and np.array_equal(np.asarray(drawn.parameters, float), vector):
+            return False
+        best = ResultFit(float(log_likelihood), vector, -1)
+        try:
+            with PYPLOT_LOCK, pyplot_guard():  # no figure of ours reaches a notebook cell
+                result = self.render(best)
+            if self.display_rendered is not None:
+                self.display_rendered(best, result)
+        except Exception:  # noqa: BLE001 - the fit is done; its result must still be returned
+            logger.exception("%s: the result's maximum-likelihood fit could not be drawn",
+                             self.name)
+            return False
+        with self.lock:
+            self.drawn, self.drawn_fit = best.log_likelihood, best
+        return True
 
 
 def _log_likelihood(best: BestFit) -> float:

@@ -16,6 +16,13 @@ logger = logging.getLogger(__name__)
 #: The image a quick update is expected to write (autofit's LiveDisplay looks for it too).
 QUICK_UPDATE_IMAGE = "fit.png"
 
+class ResultFit(BestFit):
+    """The maximum-likelihood sample of autofit's result, drawn after the fit:
+    autofit has already written the final ``model.results`` for it."""
+
+    __slots__ = ()
+
+
 #: Held while pyplot draws: autofit's full update (main thread) and a quick
 #: update on the render thread both use pyplot's global state.
 PYPLOT_LOCK = threading.RLock()
@@ -53,12 +60,13 @@ class AutofitRender:
         from autofit_jaxviz.convert import to_host
 
         vector = to_host(best.parameters) if self.convert else best.parameters
-        info = text_util.result_max_lh_info_from(
-            max_log_likelihood_sample=np.asarray(vector, dtype=float).tolist(),
-            max_log_likelihood=float(best.log_likelihood),
-            model=self.model,
-        )
-        self.paths.output_model_results(result_info="\n".join(info))
+        if not isinstance(best, ResultFit):  # autofit wrote the result's own model.results
+            info = text_util.result_max_lh_info_from(
+                max_log_likelihood_sample=np.asarray(vector, dtype=float).tolist(),
+                max_log_likelihood=float(best.log_likelihood),
+                model=self.model,
+            )
+            self.paths.output_model_results(result_info="\n".join(info))
         if not self.has_visual:
             return None
         # May raise (a vector outside a profile's domain): the worker logs it
