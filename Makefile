@@ -8,7 +8,7 @@ EXTRAS    := autofit,demo,notebook,dev
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench soak clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,7 @@ demo: venv
 	MPLBACKEND=Agg $(PY) -m autofit_jaxviz demo $(DEMO_ARGS)
 
 lint: venv
-	$(PY) -m ruff check autofit_jaxviz tests benchmarks examples
+	$(PY) -m ruff check autofit_jaxviz tests benchmarks examples scripts
 
 test: venv lint
 	MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)
@@ -34,6 +34,10 @@ test-fast: venv
 
 bench: venv
 	MPLBACKEND=Agg $(PY) benchmarks/run.py
+
+# not part of `make test`: the autofit, reliability and concurrency suites 10 times
+soak: venv
+	MPLBACKEND=Agg $(PY) scripts/soak.py --runs 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
