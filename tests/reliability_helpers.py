@@ -504,6 +504,15 @@ def exit_scenario(*, backend: str, path: str, folder: str, evidence: str, shutdo
     _emit(result)
 
 
+def _terminal_sigint() -> None:
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal. A scenario started from a
+    shell without job control (a background job, some CI runners) inherits SIGINT
+    as ignored, and Python then installs no handler of its own."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def ctrl_c_scenario(*, backend: str, folder: str, evidence: str) -> None:
     """Ctrl-C in a terminal: SIGINT to the whole foreground process group, while
     the final best fit is being drawn; the cleanup then shuts the worker down.
@@ -513,6 +522,7 @@ def ctrl_c_scenario(*, backend: str, folder: str, evidence: str) -> None:
     from autofit_jaxviz.payload import BestFit
     from autofit_jaxviz.render.worker import QuickUpdateWorker
 
+    _terminal_sigint()
     _logging()
     scribe = Scribe(folder, evidence, hold_call=2)
     worker = QuickUpdateWorker(scribe, backend=backend, name="ctrl-c")
@@ -552,6 +562,7 @@ def double_interrupt_scenario(*, folder: str, evidence: str) -> None:
     from autofit_jaxviz.payload import BestFit
     from autofit_jaxviz.render.worker import QuickUpdateWorker
 
+    _terminal_sigint()
     _logging()
     scribe = Scribe(folder, evidence, hold_call=1)
     worker = QuickUpdateWorker(scribe, backend="process", name="double-interrupt")
