@@ -24,9 +24,15 @@ DEFAULT_PATHS = ["tests/test_autofit.py", "tests/test_reliability.py", "tests/te
 
 
 def _render_processes() -> set[str]:
-    out = subprocess.run(["pgrep", "-f", "multiprocessing.spawn import spawn_main"],
-                         capture_output=True, text=True)
-    return set(out.stdout.split())
+    """Orphaned spawned processes (parent gone, adopted by PID 1): what a run left
+    behind, whatever else runs on the machine."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
+    orphans = set()
+    for line in out.stdout.splitlines():
+        pid, ppid, args = line.split(None, 2) if len(line.split(None, 2)) == 3 else ("", "", "")
+        if ppid == "1" and "multiprocessing.spawn import spawn_main" in args:
+            orphans.add(pid)
+    return orphans
 
 
 def _failures(report: Path) -> tuple[int, list[str]]:

@@ -167,6 +167,9 @@ def test_the_end_of_a_jitted_fit_and_interpreter_exit_wait_for_jax_callbacks(mon
     class _Worker:
         name, shutdown_timeout = "w", 1.0
 
+        def render_running_for(self):
+            return 0.0
+
         def shutdown(self, timeout):
             calls.append("shutdown")
 

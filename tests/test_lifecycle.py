@@ -10,29 +10,53 @@ from autofit_jaxviz.render import lifecycle
 from autofit_jaxviz.render.process import ProcessRender
 
 
-class _SlowWorker:
-    """Stands in for a worker whose shutdown uses all the time it is given."""
+class _Worker:
+    """Stands in for a worker: its shutdown uses all the time it is given."""
 
-    def __init__(self, clock: list[float], name: str, shutdown_timeout: float) -> None:
-        self.clock, self.name, self.shutdown_timeout = clock, name, shutdown_timeout
+    def __init__(self, clock: list[float], name: str, timeout: float, running: float) -> None:
+        self.clock, self.name, self.shutdown_timeout, self.running = clock, name, timeout, running
         self.given: float | None = None
+
+    def render_running_for(self) -> float:
+        return self.running
 
     def shutdown(self, timeout: float) -> bool:
         self.given = timeout
-        self.clock[0] += timeout  # it waited that long for a hung render
+        self.clock[0] += timeout  # it waited that long for its render
         return False
 
 
-def test_exit_shuts_every_worker_down_within_one_deadline(monkeypatch):
-    """Two workers with hung renders: the second gets what is left of the one
-    deadline (the longest shutdown_timeout), not a full timeout of its own."""
+def test_exit_shuts_workers_down_within_one_deadline_hung_ones_last(monkeypatch):
+    """A worker whose render has run for minutes (hung) goes last: the one about
+    to draw its final best gets the whole deadline (the longest shutdown_timeout),
+    and the exit as a whole takes one deadline, not one per worker."""
     clock = [100.0]
     monkeypatch.setattr(lifecycle.time, "monotonic", lambda: clock[0])
-    workers = [_SlowWorker(clock, "a", 5.0), _SlowWorker(clock, "b", 3.0)]
-    monkeypatch.setattr(lifecycle, "_live_workers", workers)
+    hung, healthy = _Worker(clock, "hung", 3.0, running=120.0), _Worker(clock, "ok", 5.0, 0.0)
+    monkeypatch.setattr(lifecycle, "_live_workers", [hung, healthy])
     lifecycle.shutdown_all()
-    assert [w.given for w in workers] == [5.0, 0.0]
-    assert clock[0] == 105.0  # the whole exit took one deadline
+    assert (healthy.given, hung.given) == (5.0, 0.0)
+    assert clock[0] == 105.0
+
+
+def test_a_second_shutdown_after_a_hung_render_returns_at_once(tmp_path):
+    """The exit hook after an explicit shutdown that timed out: no second wait."""
+    from render_helpers import Recorder as _Recorder
+
+    from autofit_jaxviz.render.worker import QuickUpdateWorker
+
+    rec = _Recorder(tmp_path / "r.txt", behaviour="hang")
+    worker = QuickUpdateWorker(rec, backend="thread", name="hung")
+    worker.submit(1)
+    assert rec.started.wait(10)
+    assert worker.shutdown(0.2) is False  # gave up on the hung render
+
+    def flush(timeout=None):
+        raise AssertionError("the second shutdown waited for the hung render again")
+
+    worker.flush = flush
+    assert worker.shutdown(30) is False
+    rec.release.set()
 
 
 class _WatchedConnection:

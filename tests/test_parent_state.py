@@ -21,6 +21,7 @@ from autonerves import conf
 
 import autofit_jaxviz.autofit as live
 import autofit_jaxviz.autofit.hooks as hooks_module
+import autofit_jaxviz.autofit.hub as hub_module
 from autofit_jaxviz.render.parent_state import ParentState
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -57,9 +58,12 @@ def quick_update(backend: str, analysis, name: str = "fit") -> Path:
     search = af.Emcee(name=name, iterations_per_quick_update=1)
     search.paths.model = model
     fitness = search.make_fitness(analysis=analysis, model=model)
+    worker = hub_module.hub_for(fitness).worker
     fitness.manage_quick_update(VECTOR, np.array(-1.0))
     fitness.shutdown_quick_update()
     live.disable()
+    if backend == "process":  # a fallback to a thread would compare thread with thread
+        assert worker._process_render.fallback_reason is None and worker.stats.process_starts
     return Path(search.paths.image_path) / "fit.png"
 
 

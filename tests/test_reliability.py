@@ -121,7 +121,9 @@ class Leftovers:
         self.children = child_pids()
 
     def check(self) -> None:
-        threads = [t for t in threading.enumerate() if t not in self.threads and t.is_alive()]
+        # tqdm's monitor (emcee's progress bar, once tqdm is installed) is tqdm's, not ours
+        threads = [t for t in threading.enumerate() if t not in self.threads and t.is_alive()
+                   and type(t).__name__ != "TMonitor"]
         assert threads == [], f"threads left behind: {threads}"
         processes = set(multiprocessing.active_children()) - self.processes
         assert processes == set(), f"processes left behind: {processes}"

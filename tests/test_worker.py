@@ -388,8 +388,9 @@ def test_a_ranked_slot_never_draws_a_worse_payload_after_a_better_one(make):
     assert not w.submit(4)
     assert w.submit(5) and w.flush(JOIN)  # the same best again (a redraw after a failure)
     assert w.submit(2, final=True) and w.flush(JOIN)  # the fit's result has the last word
+    assert not w.submit(9)  # ...also against a late, better one
     assert rec.rendered() == [1, 5, 5, 2]
-    assert w.stats.outranked == 2
+    assert w.stats.outranked == 3
 
 
 def test_an_unrankable_payload_is_drawn_not_raised(make):

@@ -19,7 +19,7 @@ import numpy as np
 from autofit_jaxviz.autofit.pool import PoolForwarder
 from autofit_jaxviz.autofit.render import PYPLOT_LOCK, AutofitRender, ResultFit
 from autofit_jaxviz.backends import Backend
-from autofit_jaxviz.config import Settings
+from autofit_jaxviz.config import ConfigError, Settings
 from autofit_jaxviz.device.lazy_jax import effects_barrier
 from autofit_jaxviz.flags import log_backend_decision, needs_host_conversion
 from autofit_jaxviz.payload import BestFit
@@ -34,7 +34,7 @@ hubs_lock = threading.Lock()
 #: Hubs whose sampling ended, waiting for autofit's result (by id of the analysis).
 awaiting_result: dict[int, Hub] = {}
 #: How many of them are kept (a fit interrupted between the two is forgotten).
-MAX_AWAITING = 8
+MAX_AWAITING = 2  # fits that end at the same moment (threads); a failed one is let go
 
 
 class Hub:
@@ -144,7 +144,9 @@ class Hub:
             self.forwarder.close(max(0.0, deadline - time.monotonic()))
             children = self.forwarder.best
         if self.sink is not None:
-            effects_barrier()  # every callback the jitted search dispatched has arrived
+            # every callback the jitted search dispatched has arrived (bounded: a
+            # failed fit's computation may still be running)
+            effects_barrier(max(0.0, deadline - time.monotonic()))
             self.sink.flush()
         if vector is not None or children is not None:
             if vector is None:
@@ -228,7 +230,11 @@ def _notebook_display(settings: Settings) -> Any:
 
     if not settings.notebook_display or not in_kernel():
         return None
-    display = NotebookDisplay()
+    try:
+        display = NotebookDisplay()
+    except ConfigError as error:  # the variable changed after enable() checked it
+        logger.warning("notebook display off: %s", error)
+        return None
     return display if display.enabled else None
 
 

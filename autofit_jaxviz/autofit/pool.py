@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import selectors
 import struct
 import threading
 from collections.abc import Callable
@@ -69,6 +70,10 @@ class PoolForwarder:
         size = _HEADER.size + len(body)
         if size > _ATOMIC:  # too many parameters for one atomic write: not forwarded
             self.dropped += 1
+            if self.dropped == 1:  # said once, in the child (its log reaches the same stream)
+                logger.warning("%s: a pool child's best fit (%d parameters) is too large to "
+                               "forward; the parent draws its own best and the result's",
+                               self.name, vector.size)
             return
         frame = _HEADER.pack(size, kind, step, log_likelihood, vector.size) + body
         try:
@@ -94,9 +99,18 @@ class PoolForwarder:
 
     def _listen(self) -> None:
         pending = b""
+        selector = selectors.DefaultSelector()  # poll/epoll: no limit on fd numbers
+        selector.register(self._read, selectors.EVENT_READ)
+        selector.register(self._wake_read, selectors.EVENT_READ)
+        try:
+            self._loop(selector, pending)
+        finally:
+            selector.close()
+
+    def _loop(self, selector: selectors.BaseSelector, pending: bytes) -> None:
         while True:
             try:
-                ready, _, _ = select.select([self._read, self._wake_read], [], [])
+                ready = {key.fd for key, _ in selector.select()}
                 if self._read in ready:
                     pending = self._consume(pending + os.read(self._read, 1 << 16))
                 elif self._stop.is_set():

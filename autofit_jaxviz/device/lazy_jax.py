@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from types import ModuleType
 
 
@@ -22,15 +23,26 @@ def load_jax() -> tuple[ModuleType, ModuleType, ModuleType]:
     return jax, jnp, lax
 
 
-def effects_barrier() -> None:
+def effects_barrier(timeout: float | None = None) -> bool:
     """Wait for every host callback JAX has dispatched (JAX issue #19867: a
-    program can end before its callbacks ran). A no-op when the program never
-    imported JAX; never raises (it runs at the end of a fit and at exit)."""
+    program can end before its callbacks ran), at most ``timeout`` seconds.
+    A no-op when the program never imported JAX; never raises (it runs at the
+    end of a fit and at exit). Returns whether the barrier completed."""
     jax = sys.modules.get("jax")
     barrier = getattr(jax, "effects_barrier", None)
     if barrier is None:
-        return
-    try:
-        barrier()
-    except Exception:  # noqa: BLE001 - JAX already torn down at interpreter exit
-        pass
+        return True
+
+    def wait() -> None:
+        try:
+            barrier()
+        except Exception:  # noqa: BLE001 - JAX already torn down at interpreter exit
+            pass
+
+    if timeout is None:
+        wait()
+        return True
+    waiter = threading.Thread(target=wait, name="jax-effects-barrier", daemon=True)
+    waiter.start()
+    waiter.join(max(0.0, timeout))
+    return not waiter.is_alive()

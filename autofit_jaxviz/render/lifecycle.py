@@ -3,8 +3,8 @@
 As in CPython's ``concurrent.futures.thread``, the lifecycle is part of the
 design rather than left to the garbage collector: at exit, JAX's callbacks
 still in flight are waited for (``jax.effects_barrier``), then every live
-worker draws its final payload and stops, all of them within one deadline (the
-longest ``shutdown_timeout`` among them, not the sum); in a forked child every
+worker draws its final payload and stops, all within one deadline (the longest
+``shutdown_timeout`` among them, not the sum; hung ones last); in a forked child every
 worker starts again from fresh locks, since the parent's renderer thread does
 not exist there and its locks may have been held at the fork.
 """
@@ -46,14 +46,18 @@ def track(worker: QuickUpdateWorker) -> None:
 
 
 def shutdown_all() -> None:
-    """Shut every live worker down, all within one deadline: the longest
-    ``shutdown_timeout`` among them, counted from now."""
+    """Shut every live worker down within one deadline, the longest
+    ``shutdown_timeout`` among them counted from now. One after another (no new
+    thread can start during interpreter shutdown), the ones with a render
+    running longest last, so a hung visualizer does not take the time of a
+    worker that is about to draw its final best fit; a worker whose earlier
+    shutdown already gave up returns at once."""
     workers = list(_live_workers)
     if not workers:
         return
-    effects_barrier()  # callbacks still in flight deliver their best fits first
     deadline = time.monotonic() + max(w.shutdown_timeout for w in workers)
-    for worker in workers:
+    effects_barrier()  # callbacks in flight deliver their best fits first
+    for worker in sorted(workers, key=lambda w: w.render_running_for()):
         try:
             worker.shutdown(max(0.0, deadline - time.monotonic()))
         except Exception:  # pragma: no cover - never let exit crash

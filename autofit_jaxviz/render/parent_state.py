@@ -139,11 +139,10 @@ def _capture_rcparams(not_captured: list[str]) -> dict[str, Any] | None:
     params = getattr(matplotlib, "rcParams", None)
     if params is None:
         return None  # not imported: the child's defaults are the parent's
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecated keys warn when read
-        items = dict(params)
     captured = {}
-    for key, value in items.items():
+    # the raw values: reading "backend" through rcParams would resolve it,
+    # importing pyplot (and maybe a GUI toolkit) in the parent
+    for key, value in list(dict.items(params)):
         if key in _PROCESS_RCPARAMS:
             continue
         try:

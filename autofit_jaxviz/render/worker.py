@@ -19,6 +19,7 @@ Render failures are counted and logged, never raised into the sampler.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -196,11 +197,12 @@ class QuickUpdateWorker:
             if self._closing or self._disabled:
                 self._rejected += 1
                 return False
-            if key is not None:
-                if key < self._best_rank and not final:
+            if key is not None or final:
+                if not final and key < self._best_rank:
                     self._outranked += 1
                     return False
-                self._best_rank = key if final else max(key, self._best_rank)
+                # after the final payload only another final one is drawn
+                self._best_rank = math.inf if final else max(key, self._best_rank)
             self._seq += 1
             self._submitted += 1
             item = _Item(payload, self._seq, time.monotonic())
@@ -252,6 +254,13 @@ class QuickUpdateWorker:
             finally:
                 self._urgent -= 1
 
+    def render_running_for(self) -> float:
+        """Seconds the render in progress has been running (0 when none is)."""
+        with self._cond:
+            if self._in_render is None:
+                return 0.0
+        return max(0.0, time.monotonic() - self._last_render_start)
+
     def shutdown(self, timeout: float | None = None) -> bool:
         """Render what is pending, stop the renderer and join it.
 
@@ -264,6 +273,8 @@ class QuickUpdateWorker:
             timeout = self.shutdown_timeout
         deadline = time.monotonic() + timeout
         with self._cond:
+            if self._stopped and self._thread is not None and self._thread.is_alive():
+                return False  # an earlier shutdown gave up on a hung render: said then
             self._closing = True
             self._urgent += 1  # never released: after shutdown nothing waits
             self._cond.notify_all()
