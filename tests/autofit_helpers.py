@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 
 import autofit as af
@@ -44,8 +45,10 @@ class MarkedAnalysis(LiveUpdates, af.ex.Analysis):
     never sees). ``fail``: the quick update raises instead of drawing.
     """
 
-    def __init__(self, *args, best_dir: str | None = None, fail: bool = False, **kwargs):
+    def __init__(self, *args, best_dir: str | None = None, fail: bool = False,
+                 wait_for_picture_after: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.wait_for_picture_after = wait_for_picture_after
         self.evaluations = 0
         self.best = (-np.inf, None)
         self.best_dir = best_dir
@@ -56,6 +59,8 @@ class MarkedAnalysis(LiveUpdates, af.ex.Analysis):
         if self.is_jax:
             return value  # traced: no Python-side bookkeeping possible
         self.evaluations += 1
+        if self.evaluations == self.wait_for_picture_after:
+            _wait_for_a_picture()
         # only points autofit can accept: it gives a point outside the priors -inf
         if np.isfinite(value) and value > self.best[0] and in_prior(_params(instance)):
             self.best = (float(value), _params(instance))
@@ -77,6 +82,18 @@ class MarkedAnalysis(LiveUpdates, af.ex.Analysis):
         with open(image / "markers.txt", "a") as f:
             values = " ".join(map(repr, _params(instance)))
             f.write(f"{values} {self.evaluations} {os.getpid()}\n")
+
+
+def _wait_for_a_picture(timeout: float = 120.0) -> None:
+    """Hold the sampler until the first quick update is on disk: "drawn while the
+    search runs" without depending on how busy the machine is."""
+    from autonerves import conf
+
+    deadline = time.monotonic() + timeout
+    while not list(Path(conf.instance.output_path).rglob("markers.txt")):
+        if time.monotonic() > deadline:
+            raise TimeoutError("no quick update was drawn while the sampler waited")
+        time.sleep(0.02)
 
 
 def _params(instance) -> tuple[float, float, float]:

@@ -108,8 +108,8 @@ def test_bad_setting_fails_at_enable():
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_emcee_draws_during_run_and_ends_on_the_best_fit(backend, tmp_path):
     live.enable(background=True, backend=backend)
-    analysis = _analysis()
-    search = _emcee(f"emcee_{backend}", nsteps=400 if backend == "process" else 150)
+    analysis = _analysis(wait_for_picture_after=1500)  # past the first quick update (300)
+    search = _emcee(f"emcee_{backend}", nsteps=150)
     fitness_seen = []
     original_close = hub_module.Hub.close
 
@@ -124,9 +124,8 @@ def test_emcee_draws_during_run_and_ends_on_the_best_fit(backend, tmp_path):
         hub_module.Hub.close = original_close
     markers = read_markers(tmp_path / "output")
     assert len(markers) >= 2
-    # drawn while the search was still running (the process backend first
-    # spends about a second starting its render process)
-    assert fitness_seen and fitness_seen[0].rendered >= (2 if backend == "thread" else 1)
+    # drawn while the search was still running (the sampler waited for it)
+    assert fitness_seen and fitness_seen[0].rendered >= 1
     final_params = markers[-1][0]
     # the final image is of the maximum-likelihood sample autofit's result names
     # (Emcee's best *evaluated* point may be a rejected proposal, not a sample)

@@ -112,6 +112,14 @@ def test_a_pushed_workspace_config_decides_what_the_render_process_draws(tmp_pat
     assert png_size(png) == (4 * 37, 3 * 37)  # the workspace's dpi, not the default 50
 
 
+def test_a_config_value_set_in_memory_reaches_the_render_process(tmp_path):
+    conf.instance.push(new_path=workspace_config(tmp_path / "config", dpi=50, residuals=False),
+                       output_path=str(tmp_path / "custom"))
+    conf.instance["visualize"]["jaxviz_test"]["picture"]["dpi"] = 33  # a notebook's edit
+    png = assert_same_picture(draw_with_both(gaussian_analysis()))
+    assert png_size(png) == (4 * 33, 3 * 33)
+
+
 def test_rcparams_set_by_the_script_reach_the_render_process():
     style = {"lines.linewidth": 7.0, "axes.facecolor": "#ffd0d0", "font.size": 5.0}
     with matplotlib.rc_context(style):

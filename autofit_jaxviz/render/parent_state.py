@@ -41,7 +41,7 @@ class ParentState:
     sys_path: list[str]
     jax_config: dict[str, Any] | None = None
     rcparams: dict[str, Any] | None = None
-    autonerves: tuple[list[str], str] | None = None
+    autonerves: tuple[list[str], str, Any] | None = None
     #: settings seen in the parent that this snapshot could not take along
     not_captured: list[str] = field(default_factory=list)
 
@@ -173,15 +173,22 @@ def _apply_rcparams(values: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- autonerves
 
 
-def _capture_autonerves() -> tuple[list[str], str] | None:
+def _capture_autonerves() -> tuple[list[str], str, Any] | None:
     conf = sys.modules.get("autonerves.conf")
     instance = getattr(conf, "instance", None)
     if instance is None:
         return None
-    return [str(path) for path in instance.paths], str(instance.output_path)
+    # the loaded values too, when autonerves has built them: they hold edits a
+    # script or notebook made in memory (conf.instance["visualize"][...] = ...)
+    loaded = getattr(instance, "_dict", None)
+    try:
+        pickle.dumps(loaded)
+    except Exception:  # noqa: BLE001 - the files alone, then
+        loaded = None
+    return [str(path) for path in instance.paths], str(instance.output_path), loaded
 
 
-def _apply_autonerves(paths: list[str], output_path: str) -> list[str]:
+def _apply_autonerves(paths: list[str], output_path: str, loaded: Any = None) -> list[str]:
     try:
         from autonerves import conf
         from autonerves.directory_config import RecursiveConfig
@@ -191,4 +198,6 @@ def _apply_autonerves(paths: list[str], output_path: str) -> list[str]:
     if [str(path) for path in instance.paths] != paths:
         instance.configs = [RecursiveConfig(path) for path in paths]
     instance.output_path = output_path
+    if loaded is not None:
+        instance._dict = loaded
     return []
