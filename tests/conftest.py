@@ -26,3 +26,20 @@ def _restore_jax_precision():
     jax = sys.modules.get("jax")
     if jax is not None:
         jax.config.update("jax_enable_x64", False if before is None else before)
+
+
+@pytest.fixture
+def autofit_output(tmp_path, monkeypatch):
+    """An autofit fit in a folder of its own (output under ``tmp_path``), with the
+    library switched off again afterwards."""
+    import logging
+
+    from autonerves import conf
+
+    import autofit_jaxviz.autofit as live
+
+    monkeypatch.setattr(conf.instance, "output_path", str(tmp_path / "output"))
+    monkeypatch.chdir(tmp_path)
+    logging.getLogger("autofit").setLevel(logging.WARNING)
+    yield
+    live.disable()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -11,23 +10,14 @@ import autofit as af
 import numpy as np
 import pytest
 from autofit_helpers import MarkedAnalysis, gaussian_data, gaussian_model, read_markers
-from autonerves import conf
 
 import autofit_jaxviz.autofit as live
 import autofit_jaxviz.autofit.hub as hub_module
 from autofit_jaxviz.payload import BestFit
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.usefixtures("autofit_output")]
 JOIN = 60.0
-
-
-@pytest.fixture(autouse=True)
-def output_and_cleanup(tmp_path, monkeypatch):
-    monkeypatch.setattr(conf.instance, "output_path", str(tmp_path / "output"))
-    monkeypatch.chdir(tmp_path)
-    logging.getLogger("autofit").setLevel(logging.WARNING)
-    yield
-    live.disable()
 
 
 def _fitness(backend: str):
