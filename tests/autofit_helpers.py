@@ -161,3 +161,21 @@ class JaxStateAnalysis(StateAnalysis):
 
         total = jnp.sum(jnp.asarray(self.data) / 3.0)
         return f"{total.dtype} {float(total)!r}"
+
+
+def quick_updates_in_a_fresh_worker(fitness, steps: int) -> dict:
+    """Run in a ``spawn`` pool worker: the fitness arrives unpickled and is fed
+    as a sampler would feed it, past its quick-update cadence. What did this
+    process start?"""
+    from reliability_helpers import child_pids
+
+    import autofit_jaxviz.autofit.hub as hub_module
+    from autofit_jaxviz.render import lifecycle
+    from autofit_jaxviz.render.process import render_process_counts
+
+    for step in range(steps):
+        fitness.manage_quick_update(np.array([50.0, 25.0, 10.0 + step * 1e-3]), -1.0 + step)
+    return {"pid": os.getpid(), "class": type(fitness).__name__,
+            "hubs": len(hub_module.hubs), "workers": len(list(lifecycle._live_workers)),
+            "render_processes": render_process_counts()["started"],
+            "children": sorted(child_pids())}

@@ -4,6 +4,9 @@ Importing autofit sets ``JAX_ENABLE_X64=True`` in the environment, which a
 *later* first import of JAX obeys; tests of the in-jit hook assume JAX's
 default precision. So JAX is imported first, and its precision is restored
 after every test (a JAX analysis may switch it on).
+
+A render process a test's fit leaves idle (kept for a next fit of the same
+interpreter) is ended after the test, so every test starts without one.
 """
 
 from __future__ import annotations
@@ -43,3 +46,11 @@ def autofit_output(tmp_path, monkeypatch):
     logging.getLogger("autofit").setLevel(logging.WARNING)
     yield
     live.disable()
+
+
+@pytest.fixture(autouse=True)
+def _close_idle_render_processes():
+    yield
+    from autofit_jaxviz.render.process import close_render_processes
+
+    close_render_processes()

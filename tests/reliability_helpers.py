@@ -2,8 +2,9 @@
 a strict PNG check, and the scripts the subprocess tests run.
 
 Everything a render process must unpickle lives at module level here (a
-spawned child imports this module by name). Events come from the ``spawn``
-context so they work between threads and across the process boundary alike.
+render process imports this module by name). Events are files
+(:class:`FileEvent`), so they work between threads and across the process
+boundary alike.
 
 Evidence is written *outside* the folder the picture goes to: a folder that is
 unwritable, or removed mid-run, must not also destroy the record of what was
@@ -15,7 +16,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import multiprocessing
 import os
 import struct
 import sys
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from file_event import FileEvent
 
-CTX = multiprocessing.get_context("spawn")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOLD_SECONDS = 60.0  # a held render gives up after this long: reaching it means a test bug
 
@@ -131,8 +131,8 @@ class Scribe:
         self.atomic = atomic
         self.creator = os.getpid()
         self.calls = 0
-        self.started = CTX.Event()
-        self.release = CTX.Event()
+        self.started = FileEvent(near=evidence)
+        self.release = FileEvent(near=evidence)
 
     @property
     def target(self) -> Path:
@@ -593,7 +593,7 @@ def double_interrupt_scenario(*, folder: str, evidence: str) -> None:
             worker.shutdown(HOLD_SECONDS)  # the cleanup autofit runs on the way out
     except KeyboardInterrupt:
         interrupted = True
-    alive = [p.pid for p in multiprocessing.active_children()]
+    alive = sorted(child_pids())
     _emit({"interrupted": interrupted, "child": child, "alive_children": alive,
            "child_alive": not gone_within(child, 0)})
     # let a surviving render finish; from a daemon thread, because a render process

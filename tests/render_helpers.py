@@ -1,20 +1,19 @@
 """Render functions for the worker tests that work in both backends.
 
-They are plain module-level classes (so a spawned render process can unpickle
-them) and record what they drew in a file (so the test can read what the child
-process did). Their events come from the ``spawn`` context, so they work across
+They are plain module-level classes (a render process imports this module by
+name) and record what they drew in a file (so the test can read what the child
+process did). Their events are files (:class:`FileEvent`), so they work across
 the process boundary as well as between threads.
 """
 
 from __future__ import annotations
 
 import ast
-import multiprocessing
 import os
 import threading
 from pathlib import Path
 
-CTX = multiprocessing.get_context("spawn")
+from file_event import FileEvent
 
 
 class Recorder:
@@ -33,8 +32,8 @@ class Recorder:
         self.behaviour = behaviour
         self.exit_on = exit_on
         self.creator = os.getpid()
-        self.started = CTX.Event()
-        self.release = CTX.Event()
+        self.started = FileEvent(near=path)
+        self.release = FileEvent(near=path)
 
     def __call__(self, payload: object) -> str:
         key = getattr(payload, "i", payload)
@@ -116,7 +115,7 @@ class SlowToLoad(Recorder):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.loading = CTX.Event()
+        self.loading = FileEvent(near=path)
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

@@ -22,7 +22,6 @@ from autonerves import conf
 import autofit_jaxviz.autofit as live
 import autofit_jaxviz.autofit.hooks as hooks_module
 import autofit_jaxviz.autofit.hub as hub_module
-from autofit_jaxviz.config import Settings
 from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -234,14 +233,27 @@ def test_fitness_pickles_and_a_copy_finds_the_same_worker():
     hub = hub_module.hub_for(fitness)
     copy = pickle.loads(pickle.dumps(fitness))
     assert hub_module.hub_for(copy) is hub  # same process: no second worker, no leaked thread
-    # a copy resumed in another process rebuilds the same settings, sources included
-    # (a fallback from a default backend is information, from a chosen one a warning)
-    restored, enabled = Settings(**copy._jaxviz_settings), hooks_module._state["settings"]
-    assert restored == enabled and dict(restored.sources) == dict(enabled.sources)
-    assert restored.user_set("background") and not restored.user_set("backend")
     state = fitness.__getstate__()
     assert not any(isinstance(v, threading.Thread | QuickUpdateWorker)
                    for v in state.values())
+    fitness.shutdown_quick_update()
+    assert hub_module.hub_for(copy) is None  # the fit is over: nothing starts again
+
+
+def test_a_copy_restored_by_the_process_running_the_same_fit_joins_its_hub():
+    # a Dynesty resume: the checkpoint's fitness (written by an interpreter that
+    # was killed) is unpickled by the new interpreter running the same search
+    live.enable(background=True)
+    search = _emcee("resumed")
+    fitness = search.make_fitness(analysis=_analysis(), model=gaussian_model())
+    old = pickle.loads(pickle.dumps(fitness))
+    old._jaxviz_key = "written-by-a-killed-interpreter"
+    assert hub_module.hub_for(old) is hub_module.hub_for(fitness)
+    other = _emcee("another_fit").make_fitness(analysis=_analysis(), model=gaussian_model())
+    stranger = pickle.loads(pickle.dumps(other))
+    stranger._jaxviz_key = "a-fit-this-process-does-not-run"
+    other.shutdown_quick_update()
+    assert hub_module.hub_for(stranger) is None
     fitness.shutdown_quick_update()
 
 
@@ -337,4 +349,4 @@ def test_an_analysis_that_cannot_go_to_a_render_process_is_drawn_in_a_thread(ask
     assert len(said) == 1
     assert said[0].levelno == (logging.INFO if asked is None else logging.WARNING)
     assert "rendering in a thread" in said[0].getMessage()
-    assert hub.backend == ("thread" if asked is None else "process")
+    assert hub.backend == "thread" == hub.worker.backend

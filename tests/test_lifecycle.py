@@ -60,28 +60,35 @@ def test_a_second_shutdown_after_a_hung_render_returns_at_once(tmp_path):
 
 
 class _WatchedConnection:
-    """The parent's end of the pipe, noting whether each send held the send lock."""
+    """The parent's end of the socket, noting whether each send held the render lock."""
 
     def __init__(self, conn, render: ProcessRender) -> None:
         self._conn, self._render = conn, render
         self.sends: list[tuple[object, bool]] = []
 
     def send(self, message):
-        self.sends.append((message, self._render._send_lock.locked()))
+        self.sends.append((message, self._render._lock.locked()))
         self._conn.send(message)
+
+    def send_bytes(self, data):
+        self.sends.append(("bytes", self._render._lock.locked()))
+        self._conn.send_bytes(data)
 
     def __getattr__(self, name):
         return getattr(self._conn, name)
 
 
 def test_every_message_to_the_render_process_goes_under_one_lock(tmp_path):
-    """The renderer thread's payloads and close()'s stop message never interleave
-    on the pipe: each send happens with the send lock held."""
+    """The renderer thread's payloads and close()'s message never interleave on
+    the socket: each send happens with the render lock held."""
+    from autofit_jaxviz.render.child import Message
+
     render = ProcessRender(Recorder(tmp_path / "r.txt"), name="pipe")
     render.start()
     render(1)  # started and ready
-    watched = _WatchedConnection(render._conn, render)
-    render._conn = watched
+    process = render._process
+    watched = _WatchedConnection(process.conn, render)
+    process.conn = watched
     done = threading.Event()
 
     def renders() -> None:
@@ -92,6 +99,6 @@ def test_every_message_to_the_render_process_goes_under_one_lock(tmp_path):
     thread.start()
     assert done.wait(60)
     thread.join(10)
-    render.close()
-    assert [m for m, _ in watched.sends] == [2, None]
+    render.close()  # an idle, healthy process: back to the pool, its render dropped
+    assert [m for m, _ in watched.sends] == [(Message.RENDER,), "bytes", (Message.DROP,)]
     assert all(locked for _, locked in watched.sends), watched.sends

@@ -63,7 +63,8 @@ def quick_update(backend: str, analysis, name: str = "fit") -> Path:
     fitness.shutdown_quick_update()
     live.disable()
     if backend == "process":  # a fallback to a thread would compare thread with thread
-        assert worker._process_render.fallback_reason is None and worker.stats.process_starts
+        # drawn in a render process: a new one or one a previous search left idle
+        assert worker._process_render.fallback_reason is None and worker._process_render.loads
     return Path(search.paths.image_path) / "fit.png"
 
 

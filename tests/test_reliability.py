@@ -121,6 +121,10 @@ class Leftovers:
         self.children = child_pids()
 
     def check(self) -> None:
+        from autofit_jaxviz.render.process import close_render_processes
+
+        # a render process kept idle for a next fit is by design; anything else is a leak
+        close_render_processes()
         # tqdm's monitor (emcee's progress bar, once tqdm is installed) is tqdm's, not ours
         threads = [t for t in threading.enumerate() if t not in self.threads and t.is_alive()
                    and type(t).__name__ != "TMonitor"]
@@ -799,26 +803,30 @@ def test_render_processes_started_at_once_keep_their_environment(tmp_path, monke
     The parent's environment must never change under the user's other threads,
     and each child must still draw with Agg whatever the parent asked for.
     (A former version set MPLBACKEND in the parent around each start, unlocked.)"""
-    from multiprocessing.context import SpawnProcess
+    import subprocess
+    import types
 
     from render_helpers import matplotlib_backend
 
+    import autofit_jaxviz.render.process as process_module
+
     users_backend = "module://backend_the_render_process_must_not_use"
     monkeypatch.setenv("MPLBACKEND", users_backend)
-    original = SpawnProcess._Popen
+    original = subprocess.Popen
     entered = [threading.Event(), threading.Event()]
     proceed = [threading.Event(), threading.Event()]
     seen_at_launch: list[str | None] = []
     calls = itertools.count()
 
-    def gated(process):
+    def gated(*args, **kwargs):
         k = next(calls)
         entered[k].set()
         assert proceed[k].wait(JOIN)
         seen_at_launch.append(os.environ.get("MPLBACKEND"))
-        return original(process)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(SpawnProcess, "_Popen", staticmethod(gated))
+    monkeypatch.setattr(process_module, "subprocess", types.SimpleNamespace(
+        Popen=gated, DEVNULL=subprocess.DEVNULL, TimeoutExpired=subprocess.TimeoutExpired))
     drawn: list[str] = []
     workers = [QuickUpdateWorker(matplotlib_backend, backend="process", name=f"fit-{i}",
                                  on_rendered=lambda _p, result: drawn.append(result))

@@ -1,15 +1,19 @@
 """Switching the integration on and off: the two autofit hooks it patches, and the version check.
 
 Every autofit search builds its ``Fitness`` in one place,
-``SearchExecutionMixin.make_fitness``; when quick updates are due for a
-search, the fitness's class is switched to ``LiveFitness``. autofit's full
-update (``NonLinearSearch.perform_update``) is wrapped only to hold the pyplot
-lock. Nothing is patched before :func:`enable`; :func:`disable` restores both.
+``SearchExecutionMixin.make_fitness`` (or a search's override of it); when
+quick updates are due for a search, the fitness's class is switched to the
+live subclass of its own class (:func:`.fitness.live_fitness_class`). autofit's
+full update (``NonLinearSearch.perform_update``) is wrapped to hold the pyplot
+lock and to draw the result. Nothing is patched before :func:`enable`;
+:func:`disable` restores everything.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from typing import Any
 
 from autofit_jaxviz.autofit.fitness import live_fitness_class
@@ -98,10 +102,14 @@ def enable(**settings: Any) -> Settings:
 
     originals = _state["originals"]
     if not _state["enabled"]:
-        originals["make_fitness"] = SearchExecutionMixin.make_fitness
         originals["perform_update"] = NonLinearSearch.perform_update
-        SearchExecutionMixin.make_fitness = _make_fitness
         NonLinearSearch.perform_update = _perform_update
+        # autofit's make_fitness, and any override of it in a search class
+        # (defined already or later): the outermost one decides the class
+        for cls in [SearchExecutionMixin, *_subclasses(SearchExecutionMixin)]:
+            _wrap_make_fitness(cls)
+        originals["__init_subclass__"] = SearchExecutionMixin.__dict__.get("__init_subclass__")
+        SearchExecutionMixin.__init_subclass__ = classmethod(_init_search_subclass)  # type: ignore[assignment]
     _state.update(enabled=True, settings=resolved)
     logger.info("autofit_jaxviz enabled:\n%s", resolved.describe())
     return resolved
@@ -115,8 +123,14 @@ def disable() -> None:
     from autofit.non_linear.search.execution import SearchExecutionMixin
 
     originals = _state["originals"]
-    SearchExecutionMixin.make_fitness = originals.pop("make_fitness")
     NonLinearSearch.perform_update = originals.pop("perform_update")
+    for cls, original in originals.pop("make_fitness").items():
+        cls.make_fitness = original
+    init_subclass = originals.pop("__init_subclass__")
+    if init_subclass is None:
+        del SearchExecutionMixin.__init_subclass__
+    else:
+        SearchExecutionMixin.__init_subclass__ = init_subclass
     _state.update(enabled=False, settings=None)
 
 
@@ -124,18 +138,73 @@ def is_enabled() -> bool:
     return bool(_state["enabled"])
 
 
-def _make_fitness(search: Any, analysis: Any, model: Any, **overrides: Any) -> Any:
-    fitness = _state["originals"]["make_fitness"](search, analysis, model, **overrides)
-    from autofit.non_linear.fitness import ITERATIONS_NEVER
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
 
+
+def _init_search_subclass(cls: type, **kwargs: Any) -> None:
+    from autofit.non_linear.search.execution import SearchExecutionMixin
+
+    super(SearchExecutionMixin, cls).__init_subclass__(**kwargs)
+    _wrap_make_fitness(cls)
+
+
+def _wrap_make_fitness(cls: type) -> None:
+    """Route ``cls``'s own ``make_fitness`` (if it has one) through :func:`_make_live`."""
+    original = cls.__dict__.get("make_fitness")
+    if original is None or isinstance(original, LiveMakeFitness):
+        return
+    _state["originals"].setdefault("make_fitness", {})[cls] = original
+    cls.make_fitness = LiveMakeFitness(original)  # type: ignore[attr-defined]
+
+
+class LiveMakeFitness:
+    """A search class's ``make_fitness`` while the integration is on.
+
+    An object of an importable class rather than a closure, so that a search
+    class pickled by value (one defined in a notebook) still pickles.
+    """
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        functools.update_wrapper(self, original)
+
+    def __get__(self, search: Any, owner: type | None = None) -> Any:
+        return self if search is None else functools.partial(self, search)
+
+    def __call__(self, search: Any, *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_nesting, "depth", 0)
+        _nesting.depth = depth + 1
+        try:
+            fitness = self.original(search, *args, **kwargs)
+        finally:
+            _nesting.depth = depth
+        # an override calling super().make_fitness(): only the outermost call,
+        # whose fitness the search will use, is made live
+        return fitness if depth else _make_live(search, fitness)
+
+
+#: How deep this thread is in nested make_fitness calls (overrides calling super).
+_nesting = threading.local()
+
+
+def _make_live(search: Any, fitness: Any) -> Any:
+    from autofit.non_linear.fitness import ITERATIONS_NEVER, Fitness
+
+    if not isinstance(fitness, Fitness) or not _state["enabled"]:
+        return fitness
     cadence = fitness.iterations_per_quick_update
     if cadence is None or cadence >= ITERATIONS_NEVER or fitness.paths is None:
         return fitness  # no quick updates for this fit (or autofit's preflight copy)
-    if fitness._background_quick_update is not None:
+    if getattr(fitness, "_background_quick_update", None) is not None:
         # autofit's own thread was switched on by its config: ours replaces it
         fitness._background_quick_update.shutdown()
         fitness._background_quick_update = None
-    fitness.__class__ = live_fitness_class()
+    # a subclass of the fitness's own class: autofit's and the user's overrides stay
+    fitness.__class__ = live_fitness_class(type(fitness))
     fitness._jaxviz_setup(
         settings=_state["settings"],
         cores=int(getattr(search, "number_of_cores", 1) or 1),

@@ -2,7 +2,8 @@
 
 The hub owns the fit's worker and lives in a registry keyed by the fitness
 (never in the fitness's ``__dict__``), so a fitness pickles (Dynesty
-checkpoints) and an unpickled copy in the same process finds it again.
+checkpoints) and an unpickled copy in the same process finds it again; a copy
+in any other process finds none (:func:`hub_for`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from autofit_jaxviz.config import ConfigError, Settings
 from autofit_jaxviz.device.lazy_jax import effects_barrier
 from autofit_jaxviz.flags import log_backend_decision, needs_host_conversion
 from autofit_jaxviz.payload import BestFit
-from autofit_jaxviz.render.pyplot import pyplot_guard
+from autofit_jaxviz.render.process import ProcessRender
+from autofit_jaxviz.render.pyplot import PyplotGuarded, pyplot_guard
 from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 logger = logging.getLogger(__name__)
@@ -46,21 +48,24 @@ class Hub:
         self.backend: Backend = log_backend_decision(settings, fitness.analysis, logger).backend
         render_args = (fitness.analysis, fitness.model, fitness.paths)
         convert = needs_host_conversion(fitness.analysis)
-        if self.backend == "process" and not settings.user_set("backend"):
-            self.backend = _process_or_thread(AutofitRender(*render_args, convert=convert,
-                                                            lock_pyplot=False), self.name)
-        self.render = AutofitRender(*render_args, convert=convert,
-                                    lock_pyplot=self.backend == "thread")
-        render: Callable[[BestFit], Any] = self.render
         display = _notebook_display(settings)
-        if display is not None:
-            # text from the render stays in the fit's cell; pyplot figures the
-            # visualizer opens on the render thread never reach the inline backend
-            render = display.wrap_render(render, guard_pyplot=self.backend != "process")
-        elif self.backend == "thread":
-            from autofit_jaxviz.render.pyplot import PyplotGuarded
-
-            render = PyplotGuarded(render)
+        render: Callable[[BestFit], Any]
+        if self.backend == "process":
+            # serialized here, once: whether it can be sent is known before the fit starts
+            self.render = AutofitRender(*render_args, convert=convert, lock_pyplot=False)
+            sent = ProcessRender(_in_fit_cell(display, self.render, guard_pyplot=False),
+                                 name=self.name)
+            if sent.fallback_reason is None:
+                render = sent
+            else:
+                _say_thread(self.name, sent.fallback_reason, settings.user_set("backend"))
+                self.backend = "thread"
+        if self.backend != "process":
+            self.render = AutofitRender(*render_args, convert=convert,
+                                        lock_pyplot=self.backend == "thread")
+            render = _in_fit_cell(display, self.render, guard_pyplot=True)
+            if display is None and self.backend == "thread":
+                render = PyplotGuarded(render)
         self.display_rendered = display.on_rendered if display is not None else None
         self.worker = QuickUpdateWorker(
             render, backend=self.backend, name=self.name,
@@ -77,6 +82,7 @@ class Hub:
         self.drawn = -np.inf  # the best whose picture was drawn without an error
         self.drawn_fit: BestFit | None = None
         self.analysis = fitness.analysis
+        self.output_path = _output_path(fitness)
         self.lock = threading.Lock()
         self.forwarder = PoolForwarder(self.name, self._children_due) if cores > 1 else None
         self.sink = None
@@ -204,24 +210,19 @@ def _log_likelihood(best: BestFit) -> float:
     return best.log_likelihood
 
 
-def _process_or_thread(render: AutofitRender, name: str) -> Backend:
-    """The default backend is ``process``; where this fit cannot use it (an
-    analysis defined in a notebook, say), use a thread and say why, as
-    information: nobody asked for the process."""
-    from autofit_jaxviz.render.sending import main_is_guarded, needs_main, unpicklable_part
+def _in_fit_cell(display: Any, render: Callable[[BestFit], Any], *,
+                 guard_pyplot: bool) -> Callable[[BestFit], Any]:
+    """In a notebook: text from the render stays in the fit's cell, and pyplot
+    figures a visualizer opens on the render thread never reach the inline backend."""
+    return render if display is None else display.wrap_render(render, guard_pyplot=guard_pyplot)
 
-    from_main = needs_main(render)
-    if from_main is not None and not main_is_guarded():
-        reason = f"it needs {from_main!r} from __main__ (a notebook or an unguarded script)"
-    else:
-        part = unpicklable_part(render)
-        reason = None if part is None else f"it cannot be pickled: {part}"
-    if reason is None:
-        return "process"
-    logger.info("%s: rendering in a thread, not in a render process (the default), because "
-                "%s; define the analysis in an importable module to render in a process",
-                name, reason)
-    return "thread"
+
+def _say_thread(name: str, reason: str, chosen: bool) -> None:
+    """The analysis cannot go to a render process: a warning if the user chose
+    the process backend, information if it was only the default."""
+    level = logging.WARNING if chosen else logging.INFO
+    logger.log(level, "%s: rendering in a thread, not in a render process%s, because %s",
+               name, "" if chosen else " (the default)", reason)
 
 
 def _notebook_display(settings: Settings) -> Any:
@@ -239,17 +240,43 @@ def _notebook_display(settings: Settings) -> Any:
 
 
 def hub_for(fitness: Any) -> Hub | None:
-    """The fitness's hub; ``None`` once its fit has ended (autofit still evaluates
-    the best fit once after shutting quick updates down: that must not start a
-    new worker)."""
+    """The hub of the fit this fitness belongs to, in this process; ``None``
+    where there is none to draw with.
+
+    Only the process that runs the search owns a worker (a forked pool worker
+    finds its parent's hub and forwards to it). A copy unpickled anywhere else
+    (a ``spawn`` or ``forkserver`` pool worker, a dask or MPI worker, another
+    interpreter) gets none, so it never starts a render process or writes
+    ``fit.png``; except that a copy restored by the process running the same fit
+    (a Dynesty checkpoint resumed after a crash) joins that fit's hub. After the
+    fit ended there is none either: autofit still evaluates the best fit once
+    after shutting quick updates down, and that must not start a new worker.
+    """
     if fitness.__dict__.get("_jaxviz_closed", False):
         return None
     key = fitness._jaxviz_key
     with hubs_lock:
         hub = hubs.get(key)
         if hub is None:
-            # an unpickled copy in a new process (a resume): a fresh worker here
-            settings = Settings(**fitness._jaxviz_settings)
-            hub = Hub(fitness, settings, cores=1, in_jit=fitness._jaxviz_in_jit)
-            hubs[key] = hub
+            hub = _running_fit_of(fitness)
+            if hub is not None:
+                hubs[key] = hub  # dropped with the hub's own key when the fit ends
         return hub
+
+
+def _output_path(fitness: Any) -> str | None:
+    try:
+        return str(fitness.paths.output_path)
+    except Exception:  # noqa: BLE001 - no paths of its own: never matched
+        return None
+
+
+def _running_fit_of(fitness: Any) -> Hub | None:
+    path = _output_path(fitness)
+    if path is None:
+        return None
+    here = os.getpid()
+    for hub in hubs.values():
+        if hub.owner == here and hub.output_path == path:
+            return hub
+    return None

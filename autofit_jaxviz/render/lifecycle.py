@@ -4,7 +4,8 @@ As in CPython's ``concurrent.futures.thread``, the lifecycle is part of the
 design rather than left to the garbage collector: at exit, JAX's callbacks
 still in flight are waited for (``jax.effects_barrier``), then every live
 worker draws its final payload and stops, all within one deadline (the longest
-``shutdown_timeout`` among them, not the sum; hung ones last); in a forked child every
+``shutdown_timeout`` among them, not the sum; hung ones last), and the idle
+render processes kept for a next fit are ended; in a forked child every
 worker starts again from fresh locks, since the parent's renderer thread does
 not exist there and its locks may have been held at the fork.
 """
@@ -52,16 +53,19 @@ def shutdown_all() -> None:
     running longest last, so a hung visualizer does not take the time of a
     worker that is about to draw its final best fit; a worker whose earlier
     shutdown already gave up returns at once."""
+    from autofit_jaxviz.render.process import close_render_processes
+
     workers = list(_live_workers)
-    if not workers:
-        return
-    deadline = time.monotonic() + max(w.shutdown_timeout for w in workers)
-    effects_barrier()  # callbacks in flight deliver their best fits first
+    deadline = time.monotonic() + max((w.shutdown_timeout for w in workers), default=5.0)
+    if workers:
+        effects_barrier()  # callbacks in flight deliver their best fits first
     for worker in sorted(workers, key=lambda w: w.render_running_for()):
         try:
             worker.shutdown(max(0.0, deadline - time.monotonic()))
         except Exception:  # pragma: no cover - never let exit crash
             logger.exception("%s: shutdown at interpreter exit failed", worker.name)
+    # the render processes kept for a next fit that will not come
+    close_render_processes(max(0.5, deadline - time.monotonic()))
 
 
 def _reset_all_after_fork() -> None:

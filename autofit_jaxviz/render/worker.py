@@ -127,8 +127,11 @@ class QuickUpdateWorker:
             )
         self._process_render: ProcessRender | None = None
         if backend == "process":
-            self._process_render = ProcessRender(render, name=name)
-            render = self._process_render
+            # a ProcessRender the caller built (to learn early whether the
+            # render can be sent) is used as it is: serialized once
+            if not isinstance(render, ProcessRender):
+                render = ProcessRender(render, name=name)
+            self._process_render = render
         self._render = render
         self._backend: Backend = backend
         self.name = name
