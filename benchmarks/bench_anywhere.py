@@ -180,6 +180,53 @@ def notebook_fit(variant: str, **sizes: int) -> dict[str, Any]:
         return record
 
 
+class LargeAnalysisRender:
+    """A render holding ``megabytes`` of arrays (a large imaging dataset, say)."""
+
+    def __init__(self, megabytes: int) -> None:
+        import numpy as np
+
+        n = megabytes * 1024 * 1024 // 8
+        self.data = np.random.default_rng(0).normal(size=n)
+        self.noise = np.ones(n // 4)
+
+    def __call__(self, payload: Any) -> float:
+        return float(self.data[int(payload) % self.data.size] + self.noise.sum())
+
+
+def send_large(megabytes: int, how: str) -> dict[str, Any]:
+    """In a fresh interpreter: what sending a large analysis costs the fit's process.
+
+    ``how``: ``ours`` (serialized once, arrays out of band, then a first
+    picture in a render process) or ``pickle`` (a plain in-band pickle, what a
+    render pickled as one bytes object would cost)."""
+    import pickle
+    import resource
+    import time
+
+    render = LargeAnalysisRender(megabytes)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    if how == "pickle":
+        data = pickle.dumps(render, protocol=5)
+        serialize_s, head = time.perf_counter() - start, len(data)
+        first_picture = None
+    else:
+        from autofit_jaxviz.render.process import ProcessRender, close_render_processes
+
+        sent = ProcessRender(render)
+        serialize_s, head = time.perf_counter() - start, len(sent.serialized.head)
+        start = time.perf_counter()
+        sent(1)
+        first_picture = time.perf_counter() - start
+        sent.close()
+        close_render_processes()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"serialize_s": serialize_s, "head_bytes": head, "extra_peak_mb": peak - before,
+            "first_picture_s": first_picture,
+            "data_mb": (render.data.nbytes + render.noise.nbytes) / 2**20}
+
+
 def _row(name: str, runs: list[dict[str, Any]], base: list[float], floor: list[float],
          extra: list[str]) -> list[str]:
     walls = [sum(r["walls"]) for r in runs]
@@ -215,6 +262,26 @@ def run(repeats: int = 3, quick: bool = False) -> str:
            f"evaluations), the analysis and its pyplot visualizer ({DRAW_POINTS:,} points "
            f"in 4 panels) defined in the notebook or script itself; {repeats} repeats, "
            "variants interleaved, each in a fresh kernel or interpreter.\n"]
+    from bench_autofit import run_child
+
+    megabytes = 20 if quick else 160
+    sending = interleave({how: (lambda how=how: run_child(
+        "bench_anywhere", "send_large", {"megabytes": megabytes, "how": how}))
+        for how in ("ours", "pickle")}, repeats)
+    rows = []
+    for how, label in (("ours", "this library: serialized once, arrays out of band"),
+                       ("pickle", "a plain pickle (one in-band bytes object)")):
+        runs = sending[how]
+        med = {k: sorted(r[k] for r in runs)[len(runs) // 2]
+               for k in ("serialize_s", "head_bytes", "extra_peak_mb")}
+        first = [r["first_picture_s"] for r in runs if r["first_picture_s"] is not None]
+        rows.append([label, f"{runs[0]['data_mb']:.0f}", f"{1000 * med['serialize_s']:.1f}",
+                     f"{med['head_bytes']:,}", f"{med['extra_peak_mb']:.0f}",
+                     f"{sorted(first)[len(first) // 2]:.2f}" if first else "-"])
+    out.append("#### Sending a large analysis to the render process\n\n" + table(
+        ["how", "arrays MB", "serialize ms (median)", "pickle stream bytes",
+         "extra peak memory in the fit's process MB", "first picture s (start, load, draw)"],
+        rows))
     notebook = interleave({v: (lambda v=v: notebook_fit(v, searches=1, **sizes))
                            for v in VARIANTS}, repeats)
     text, nb_ratios = _section("In a Jupyter notebook (real kernel, nbclient)", notebook,

@@ -235,18 +235,35 @@ def test_a_make_fitness_override_that_returns_a_subclass_keeps_its_methods(tmp_p
         captured["fitness"] = fitness
         original(hub, fitness, *args, **kwargs)
 
-    hub_module.Hub.__init__ = remember
+    def remember_each(hub, fitness, *args, **kwargs):
+        captured.setdefault("hubs", []).append(fitness)
+        remember(hub, fitness, *args, **kwargs)
+
+    hub_module.Hub.__init__ = remember_each
     try:
         search.fit(model=gaussian_model(), analysis=_analysis())
     finally:
         hub_module.Hub.__init__ = original
+    # the override's super() call was not made live as well: one fit, one hub
+    assert len(captured["hubs"]) == 1
     used = captured["fitness"]
     assert isinstance(used, CountingFitness) and isinstance(used, LiveFitnessMixin)
     assert used.describe() == "shut down 1 time(s)"  # its override ran, so did ours
     assert read_markers(tmp_path / "output")  # and the quick updates were drawn
     live.disable()
-    assert "make_fitness" not in af.Emcee.__dict__  # every override restored
-    assert CountingEmcee.make_fitness.__qualname__ == "CountingEmcee.make_fitness"
+    from autofit.non_linear.search.execution import SearchExecutionMixin
+
+    from autofit_jaxviz.autofit.hooks import LiveMakeFitness
+
+    for cls in (SearchExecutionMixin, CountingEmcee, LaterCountingEmcee):  # all restored
+        assert not isinstance(cls.__dict__["make_fitness"], LiveMakeFitness), cls
+    assert "__init_subclass__" not in SearchExecutionMixin.__dict__
+
+    class AfterDisable(af.Emcee):
+        def make_fitness(self, analysis, model, **overrides):
+            return super().make_fitness(analysis, model, **overrides)
+
+    assert not isinstance(AfterDisable.__dict__["make_fitness"], LiveMakeFitness)
 
 
 class LoggingAnalysis(MarkedAnalysis):

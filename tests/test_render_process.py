@@ -134,6 +134,8 @@ def test_child_that_cannot_import_the_render_falls_back(tmp_path, caplog):
         assert any("could not load the render function" in r.getMessage()
                    for r in caplog.records)
         assert w.shutdown(JOIN)
+        # what it did not read of the render may still be on its socket: never reused
+        assert close_render_processes(JOIN) == 0
     finally:
         del sys.modules["only_in_parent"]
 

@@ -9,6 +9,7 @@ inside ``call`` through the stateless in-jit hook, thinned on the device.
 
 from __future__ import annotations
 
+import copyreg
 import threading
 import uuid
 from typing import Any
@@ -42,9 +43,9 @@ def live_fitness_class(base: type | None = None) -> type:
         return _built[base]
 
 
-def _restore_live_fitness(base: type) -> Any:
+def _restore_live_fitness(base: type, *args: Any) -> Any:
     cls = live_fitness_class(base)
-    return cls.__new__(cls)
+    return cls.__new__(cls, *args)
 
 
 class LiveFitnessMixin:
@@ -55,8 +56,14 @@ class LiveFitnessMixin:
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # a class built at run time: pickled as "the live form of <its base>",
-        # the base by reference (Dynesty checkpoints, pool workers)
-        return _restore_live_fitness, (self._jaxviz_base,), self.__getstate__()
+        # the base by reference (Dynesty checkpoints, pool workers); the rest
+        # (state, slots) as the base pickles it
+        reduced = super().__reduce_ex__(protocol)
+        if (isinstance(reduced, tuple) and reduced[0] is copyreg.__newobj__
+                and reduced[1][0] is type(self)):
+            return (_restore_live_fitness, (self._jaxviz_base, *reduced[1][1:]),
+                    *reduced[2:])
+        return reduced
 
     def _jaxviz_setup(self, settings: Settings, cores: int, in_jit: bool) -> None:
         self._jaxviz_key = uuid.uuid4().hex
@@ -93,7 +100,9 @@ class LiveFitnessMixin:
             hub.improved(self.quick_update_max_lh_parameters, self.quick_update_max_lh)
         self.quick_update_count += count
         self._jaxviz_evaluations = getattr(self, "_jaxviz_evaluations", 0) + count
-        if self.quick_update_count >= cadence:
+        # the clock, when set, decides instead of the count (autofit issue #746)
+        due = hub.clock_due() if hub.quick_update_seconds else self.quick_update_count >= cadence
+        if due:
             self.quick_update_count = 0
             if self.quick_update_max_lh_parameters is not None:
                 hub.due(self.quick_update_max_lh_parameters, self.quick_update_max_lh,

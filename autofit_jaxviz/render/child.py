@@ -26,7 +26,7 @@ from autofit_jaxviz.render.serialize import deserialize
 class Message:
     """What the parent sends (first item of a tuple) and what the child answers."""
 
-    LOAD = "load"  # (LOAD, state, buffer sizes) + head bytes + one message per buffer
+    LOAD = "load"  # (LOAD, state, buffer sizes) + head bytes + each buffer's raw bytes
     RENDER = "render"  # (RENDER,) + the payload's bytes
     DROP = "drop"  # (DROP,): the fit is over, forget its render (no answer)
     READY = "ready"  # (READY, notes)
@@ -46,10 +46,18 @@ CHILD_ENVIRON_DEFAULTS = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 def _load(conn: Connection, state: ParentState, sizes: list[int]) -> tuple[Any, list[str]]:
     head = conn.recv_bytes()
     buffers = []
-    for size in sizes:
-        buffer = bytearray(size)  # writable: an analysis may change its arrays in place
-        conn.recv_bytes_into(buffer)
-        buffers.append(buffer)
+    with open(conn.fileno(), "rb", buffering=0, closefd=False) as raw:
+        for size in sizes:
+            # writable (an analysis may change its arrays in place), and read
+            # straight into: one copy of the data in this process
+            buffer = bytearray(size)
+            view, done = memoryview(buffer), 0
+            while done < size:
+                got = raw.readinto(view[done:])
+                if not got:
+                    raise EOFError("the parent went away while sending the render")
+                done += got
+            buffers.append(buffer)
     notes = state.apply(environ_overrides=CHILD_ENVIRON, environ_defaults=CHILD_ENVIRON_DEFAULTS)
     render = deserialize(head, buffers)
     del head, buffers

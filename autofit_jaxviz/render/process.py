@@ -80,6 +80,9 @@ class RenderProcess:
             theirs.close()  # so the child's death is seen as EOF here
         self.conn = Connection(ours.detach())
         self.niceness = niceness
+        #: the environment of the first fit it loaded: what its interpreter was
+        #: set up with (variables read at import, such as XLA_FLAGS, stay)
+        self.environ: dict[str, str] | None = None
 
     @property
     def pid(self) -> int:
@@ -89,21 +92,35 @@ class RenderProcess:
         return self.popen.poll() is None
 
     def load(self, state: ParentState, render: SerializedRender) -> None:
+        if self.environ is None:
+            self.environ = state.environ
         conn = self.conn
         conn.send((Message.LOAD, state, [b.nbytes for b in render.buffers]))
         conn.send_bytes(render.head)
-        for buffer in render.buffers:
-            conn.send_bytes(buffer)  # from the array's own memory: no copy
+        fd = conn.fileno()
+        for buffer in render.buffers:  # raw, from the array's own memory: no copy
+            view = buffer.cast("B")
+            while view:
+                view = view[os.write(fd, view):]
 
     def close(self, timeout: float, *, polite: bool = True) -> int | None:
-        """Ask the child to stop (unless another thread may be writing to it),
-        then terminate, then kill; reap it. Idempotent."""
+        """Stop the child and reap it. Idempotent.
+
+        ``polite``: ask it to stop, and wait, before terminating and killing
+        it. Not polite (another thread may be in the middle of a send or a
+        receive on the socket): terminate at once, and leave the socket to be
+        closed when that thread is done with it (closing a descriptor another
+        thread uses could close a file opened meanwhile with the same number).
+        """
+        stops = [None, self.popen.terminate, self.popen.kill]
         if polite:
             try:
                 self.conn.send(None)
             except (OSError, ValueError):
                 pass
-        for stop in (None, self.popen.terminate, self.popen.kill):
+        else:
+            stops = stops[1:]
+        for stop in stops:
             if stop is not None:
                 stop()
             try:
@@ -111,7 +128,8 @@ class RenderProcess:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        self.conn.close()
+        if polite:
+            self.conn.close()
         return self.popen.returncode
 
 
@@ -123,16 +141,25 @@ _pool_pid = os.getpid()
 _counts = {"started": 0, "reused": 0}
 
 
-def _acquire(niceness: int) -> tuple[RenderProcess, bool]:
-    """An idle render process of this interpreter, or a new one; and whether it is new."""
+def _acquire(niceness: int, environ: dict[str, str]) -> tuple[RenderProcess, bool]:
+    """An idle render process of this interpreter started for the same
+    environment, or a new one; and whether it is new."""
     _check_fork()
+    found, stale = None, []
     with _pool_lock:
-        while _idle:
-            process = _idle.pop()
-            if process.alive() and process.niceness == niceness:
+        for process in list(_idle):
+            if not process.alive():
+                _idle.remove(process)
+                stale.append(process)
+            elif found is None and process.niceness == niceness \
+                    and process.environ == environ:
+                _idle.remove(process)
+                found = process
                 _counts["reused"] += 1
-                return process, False
-            process.close(0.5)
+    for process in stale:  # outside the lock: a fork meanwhile must not inherit it held
+        process.close(0.5)
+    if found is not None:
+        return found, False
     process = RenderProcess(niceness)
     with _pool_lock:
         _counts["started"] += 1
@@ -178,10 +205,20 @@ def _check_fork() -> None:
     """In a forked child the pool is the parent's: forget it without touching it."""
     global _pool_pid
     if _pool_pid != os.getpid():
-        for process in _idle:
-            process.conn.close()  # our copy of the descriptor only
-        _idle.clear()
-        _pool_pid = os.getpid()
+        _forget_pool_after_fork()
+
+
+def _forget_pool_after_fork() -> None:
+    global _pool_lock, _pool_pid
+    _pool_lock = threading.Lock()  # it may have been held at the fork
+    for process in _idle:
+        process.conn.close()  # our copy of the descriptor only: the child sees EOF
+    _idle.clear()                 # when the parent goes, whatever its forks do
+    _pool_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 # --------------------------------------------------------------------------- the render
@@ -195,12 +232,17 @@ class ProcessRender:
     call, so a run that never renders pays nothing, and one that dies is
     replaced on the next call, at most ``max_restarts`` times, from the same
     serialized render. When the render cannot be serialized or loaded,
-    ``fallback_reason`` says why and it renders in the calling thread instead.
+    ``fallback_reason`` says why and it renders in the calling thread instead,
+    with ``fallback`` (a render made safe for a thread; ``render`` itself by
+    default), saying so once: a warning, or information when the process
+    was not ``chosen`` but only a default.
     """
 
     def __init__(self, render: Callable[[Any], Any], *, name: str = "quick-update",
-                 max_restarts: int = MAX_RESTARTS, niceness: int = RENDER_NICENESS) -> None:
-        self._render = render
+                 max_restarts: int = MAX_RESTARTS, niceness: int = RENDER_NICENESS,
+                 fallback: Callable[[Any], Any] | None = None, chosen: bool = True) -> None:
+        self._render = fallback if fallback is not None else render
+        self._chosen = chosen
         # handed over now: what the parent has set up by this point is what
         # the render sees, even if the child is started (or restarted) later
         self.state = ParentState.capture()
@@ -219,6 +261,7 @@ class ProcessRender:
             self.fallback_reason = ("the render function cannot be sent to a render process: "
                                     f"{error.part}")
         self._process: RenderProcess | None = None
+        self._sent_to: RenderProcess | None = None  # the process the render was sent to
         self._ready = False
         self._state_reported = False
         self._lock = threading.Lock()  # one render at a time
@@ -271,38 +314,48 @@ class ProcessRender:
         if self.fallback_reason is not None or self._closed:
             return
         with self._lock:
-            if self._process is not None:
+            if self._process is not None or self._closed:
                 return
             try:
-                self._take_process()
+                process = self._take_process(load=False)
             except OSError as error:
                 self._fall_back(f"no render process could be started ({error})")
                 return
-        threading.Thread(target=self._await_in_background, name=f"{self.name}-loader",
-                         daemon=True).start()
+        # whoever takes the lock first (this loader or the first render) sends it
+        threading.Thread(target=self._load_in_background, args=(process,),
+                         name=f"{self.name}-loader", daemon=True).start()
 
-    def _await_in_background(self) -> None:
+    def _load_in_background(self, process: RenderProcess) -> None:
         with self._lock:
-            if self._closed or self._process is None or self._ready:
+            if self._closed or self._process is not process or self._ready:
                 return
             try:
+                if self._sent_to is not process:
+                    self._send_render(process)
                 self._await_ready()
             except Exception:  # noqa: BLE001 - said again at the first render
                 logger.debug("%s: the render process did not start", self.name, exc_info=True)
 
-    def _take_process(self) -> RenderProcess:
-        process, new = _acquire(self.niceness)
+    def _take_process(self, *, load: bool = True) -> RenderProcess:
+        process, new = _acquire(self.niceness, self.state.environ)
         self.starts += new
         self._process, self._ready = process, False
+        if load:
+            self._send_render(process)
+        return process
+
+    def _send_render(self, process: RenderProcess) -> None:
         assert self.serialized is not None
+        self._sent_to = process
         try:
             process.load(self.state, self.serialized)
         except OSError:  # died at once: seen as EOF when its answer is read
             pass
         self.loads += 1
-        return process
 
     def _ensure_child(self) -> RenderProcess | None:
+        if self._closed:  # closed while this render waited for the lock
+            raise RenderCancelled(f"{self.name}: the render process is closed")
         process = self._process
         if process is not None and self._ready:
             if process.alive():
@@ -317,6 +370,8 @@ class ProcessRender:
                 self._take_process()
             except OSError as error:
                 return self._fall_back(f"no render process could be started ({error})")
+        elif self._sent_to is not self._process:  # started by start(), not loaded yet
+            self._send_render(self._process)
         return self._await_ready()
 
     def _await_ready(self) -> RenderProcess | None:
@@ -334,7 +389,7 @@ class ProcessRender:
                 f"{self.name}: the render process exited while starting (exit code {code})"
             ) from None
         if status == Message.LOAD_FAILED:
-            self._release()
+            self._discard()  # what it did not read of the render is still on the socket
             last = value.strip().splitlines()[-1] if value.strip() else "unknown error"
             logger.debug("%s: loading the render failed:\n%s", self.name, value)
             return self._fall_back(f"the render process could not load the render function "
@@ -354,13 +409,14 @@ class ProcessRender:
     def _log_fallback(self) -> None:
         if not self._fallback_logged:
             self._fallback_logged = True
-            logger.warning("%s: %s; rendering in a thread instead", self.name,
-                           self.fallback_reason)
+            logger.log(logging.WARNING if self._chosen else logging.INFO,
+                       "%s: %s; rendering in a thread instead", self.name,
+                       self.fallback_reason)
 
-    def _discard(self, *, polite: bool = True) -> int | None:
+    def _discard(self, *, polite: bool = True, timeout: float = 5.0) -> int | None:
         """The process is broken (dead, or hung): end it, never reuse it."""
         process, self._process, self._ready = self._process, None, False
-        return process.close(5.0, polite=polite) if process is not None else None
+        return process.close(timeout, polite=polite) if process is not None else None
 
     def _release(self) -> None:
         process, self._process, self._ready = self._process, None, False
@@ -384,8 +440,9 @@ class ProcessRender:
                 if self._process is not None and self._ready and self._process.alive():
                     self._release()
                 else:
-                    self._discard()  # never became ready: its load may still be running
+                    self._discard(timeout=timeout)  # never became ready
             finally:
                 self._lock.release()
             return
-        self._discard(polite=False)  # the renderer holds the socket: no message of ours
+        # the renderer holds the socket: no message of ours, terminated at once
+        self._discard(polite=False, timeout=timeout)
