@@ -127,6 +127,13 @@ def _number_parser(*, strictly_positive: bool) -> Callable[[Any, bool], float]:
     return parse
 
 
+def _parse_share(value: Any, text: bool) -> float:
+    number = _number_parser(strictly_positive=True)(value, text)
+    if number > 1:
+        raise _Rejected
+    return number
+
+
 @dataclass(frozen=True, slots=True)
 class _Spec:
     parse: Callable[[Any, bool], Any]
@@ -143,6 +150,16 @@ _SPECS: dict[str, _Spec] = {
         _number_parser(strictly_positive=False), "a finite number of seconds >= 0"
     ),
     "notebook_display": _Spec(_parse_bool, _BOOL_ALLOWED),
+    "preview_dpi": _Spec(
+        _number_parser(strictly_positive=False),
+        "a finite number of dots per inch >= 0 (0: draw at the visualizer's own dpi)",
+    ),
+    "quick_update_seconds": _Spec(
+        _number_parser(strictly_positive=False),
+        "a finite number of seconds >= 0 (0: autofit's iterations_per_quick_update decides)",
+    ),
+    "render_budget": _Spec(
+        _parse_share, "a share of one core's time, a number > 0 and <= 1 (1: no limit)"),
     "shutdown_timeout": _Spec(
         _number_parser(strictly_positive=True), "a finite number of seconds > 0"
     ),
@@ -280,6 +297,9 @@ class Settings:
     backend: Backend = _DEFAULTS["backend"]
     min_render_interval: float = _DEFAULTS["min_render_interval"]
     notebook_display: bool = _DEFAULTS["notebook_display"]
+    preview_dpi: float = _DEFAULTS["preview_dpi"]
+    quick_update_seconds: float = _DEFAULTS["quick_update_seconds"]
+    render_budget: float = _DEFAULTS["render_budget"]
     shutdown_timeout: float = _DEFAULTS["shutdown_timeout"]
     #: key -> where its value came from (a file path, an environment variable
     #: name, "keyword argument", ...).
@@ -312,6 +332,9 @@ class SettingsOverrides(TypedDict, total=False):
     backend: Backend | None
     min_render_interval: float | None
     notebook_display: bool | None
+    preview_dpi: float | None
+    quick_update_seconds: float | None
+    render_budget: float | None
     shutdown_timeout: float | None
 
 

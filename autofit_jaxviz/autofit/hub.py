@@ -30,6 +30,8 @@ from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 logger = logging.getLogger(__name__)
 
+#: The clock the seconds-based cadence reads (a test may drive its own).
+clock = time.monotonic
 #: Every fit's hub, by the fitness's key.
 hubs: dict[str, Hub] = {}
 hubs_lock = threading.Lock()
@@ -51,10 +53,16 @@ class Hub:
         display = _notebook_display(settings)
         render: Callable[[BestFit], Any]
         if self.backend == "process":
-            # serialized here, once: whether it can be sent is known before the fit starts
-            self.render = AutofitRender(*render_args, convert=convert, lock_pyplot=False)
+            # serialized here, once: whether it can be sent is known before the fit
+            # starts; should the render process fail later (it cannot load the
+            # analysis), it is drawn by the render a thread would use
+            self.render = AutofitRender(*render_args, convert=convert, lock_pyplot=False,
+                                        preview_dpi=settings.preview_dpi)
             sent = ProcessRender(_in_fit_cell(display, self.render, guard_pyplot=False),
-                                 name=self.name)
+                                 name=self.name, chosen=settings.user_set("backend"),
+                                 fallback=_thread_render(display, AutofitRender(
+                                     *render_args, convert=convert, lock_pyplot=True,
+                                     preview_dpi=settings.preview_dpi)))
             if sent.fallback_reason is None:
                 render = sent
             else:
@@ -62,19 +70,23 @@ class Hub:
                 self.backend = "thread"
         if self.backend != "process":
             self.render = AutofitRender(*render_args, convert=convert,
-                                        lock_pyplot=self.backend == "thread")
-            render = _in_fit_cell(display, self.render, guard_pyplot=True)
-            if display is None and self.backend == "thread":
-                render = PyplotGuarded(render)
+                                        lock_pyplot=self.backend == "thread",
+                                        preview_dpi=settings.preview_dpi)
+            render = (_thread_render(display, self.render) if self.backend == "thread"
+                      else _in_fit_cell(display, self.render, guard_pyplot=True))
         self.display_rendered = display.on_rendered if display is not None else None
         self.worker = QuickUpdateWorker(
             render, backend=self.backend, name=self.name,
             min_interval=settings.min_render_interval,
+            render_budget=settings.render_budget,
             on_rendered=self._on_rendered,
             shutdown_timeout=settings.shutdown_timeout,
             rank=_log_likelihood,  # a late, worse fit from another producer is never drawn
         )
         self.shutdown_timeout = settings.shutdown_timeout
+        #: a quick update every this many seconds instead of every N evaluations (0: off)
+        self.quick_update_seconds = settings.quick_update_seconds
+        self._last_due = clock()
         # spawn before the sampler opens its HDF5 backend (see ProcessRender.start)
         self.worker.prestart()
         self.best = -np.inf  # the best handed to the worker
@@ -108,6 +120,15 @@ class Hub:
                 self.forwarder.send_due(step)
                 return
         self.offer(vector, log_likelihood, step)
+
+    def clock_due(self) -> bool:
+        """With ``quick_update_seconds``: whether that long has passed since the
+        last quick update fell due (the fit's start, for the first)."""
+        now = clock()
+        if now - self._last_due < self.quick_update_seconds:
+            return False
+        self._last_due = now
+        return True
 
     def offer(self, vector: Any, log_likelihood: float, step: int) -> None:
         children = self.forwarder.best if self.forwarder is not None else None
@@ -215,6 +236,13 @@ def _in_fit_cell(display: Any, render: Callable[[BestFit], Any], *,
     """In a notebook: text from the render stays in the fit's cell, and pyplot
     figures a visualizer opens on the render thread never reach the inline backend."""
     return render if display is None else display.wrap_render(render, guard_pyplot=guard_pyplot)
+
+
+def _thread_render(display: Any, render: Callable[[BestFit], Any]) -> Callable[[BestFit], Any]:
+    """A render for the renderer thread: pyplot kept private to it."""
+    if display is not None:
+        return display.wrap_render(render, guard_pyplot=True)
+    return PyplotGuarded(render)
 
 
 def _say_thread(name: str, reason: str, chosen: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from autofit_jaxviz.payload import BestFit
+from autofit_jaxviz.render.preview import preview_dpi
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,10 @@ class AutofitRender:
     """
 
     def __init__(self, analysis: Any, model: Any, paths: Any, *, convert: bool,
-                 lock_pyplot: bool) -> None:
+                 lock_pyplot: bool, preview_dpi: float = 0.0) -> None:
         self.analysis = analysis
+        #: quick updates are saved at most at this dpi; the result's picture at its own
+        self.preview_dpi = preview_dpi
         self.model = model
         self.paths = paths
         self.convert = convert
@@ -72,11 +76,10 @@ class AutofitRender:
         # May raise (a vector outside a profile's domain): the worker logs it
         # and the fit goes on; model.results above is written regardless.
         instance = self.model.instance_from_vector(vector=vector, xp=np)
+        dpi = None if isinstance(best, ResultFit) else self.preview_dpi
         try:
-            if self.lock_pyplot:
-                with PYPLOT_LOCK:
-                    self.analysis.perform_quick_update(self.paths, instance)
-            else:
+            with PYPLOT_LOCK if self.lock_pyplot else contextlib.nullcontext(), \
+                    preview_dpi(dpi):
                 self.analysis.perform_quick_update(self.paths, instance)
         except NotImplementedError:
             # autofit keeps writing model.results for such analyses: so do we

@@ -18,6 +18,7 @@ Render failures are counted and logged, never raised into the sampler.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -33,6 +34,9 @@ from autofit_jaxviz.render import lifecycle
 from autofit_jaxviz.render.process import ProcessRender, RenderCancelled
 
 logger = logging.getLogger(__name__)
+
+#: How many of the last renders' costs the render budget averages.
+RECENT_RENDERS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +58,22 @@ class WorkerStats:
     process_restarts: int = 0
     #: submits dropped because they ranked below a payload already accepted
     outranked: int = 0
+    #: the share of wall time spent rendering, over the completed cycles (each
+    #: render and the wait after it, from the first start to the last start):
+    #: what ``render_budget`` limits
+    render_share: float = 0.0
 
 
 class _Item:
     """A submitted payload with its sequence number and submit time."""
 
-    __slots__ = ("payload", "seq", "submitted_at")
+    __slots__ = ("final", "payload", "seq", "submitted_at")
 
-    def __init__(self, payload: Any, seq: int, submitted_at: float) -> None:
+    def __init__(self, payload: Any, seq: int, submitted_at: float, final: bool = False) -> None:
         self.payload = payload
         self.seq = seq
         self.submitted_at = submitted_at
+        self.final = final
 
 
 class QuickUpdateWorker:
@@ -85,6 +94,12 @@ class QuickUpdateWorker:
         Seconds to leave between the starts of two renders. Payloads that
         arrive meanwhile supersede each other; ``flush`` and ``shutdown`` skip
         the wait so the final best fit is never delayed.
+    render_budget
+        The share of wall time (of one core) rendering may take on average,
+        ``0 < render_budget <= 1``: after renders that cost ``c`` seconds (the
+        mean of the last few) the next one waits ``c * (1 - b) / b`` from the
+        end of the last. With ``min_interval`` too, the later of the two waits
+        applies. Skipped like ``min_interval`` by ``flush``/``shutdown``.
     on_rendered
         Called on the renderer after each successful render with
         ``(payload, result)``; used by the notebook display. Its failures are
@@ -107,6 +122,7 @@ class QuickUpdateWorker:
         backend: Backend = "thread",
         name: str = "quick-update",
         min_interval: float = 0.0,
+        render_budget: float = 1.0,
         on_rendered: Callable[[Any, Any], None] | None = None,
         shutdown_timeout: float = 30.0,
         rank: Callable[[Any], float] | None = None,
@@ -117,6 +133,10 @@ class QuickUpdateWorker:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(min_interval, int | float) or not min_interval >= 0:
             raise ValueError(f"min_interval must be a number >= 0 seconds, got {min_interval!r}")
+        if (not isinstance(render_budget, int | float) or isinstance(render_budget, bool)
+                or not 0 < render_budget <= 1):
+            raise ValueError(f"render_budget must be a number > 0 and <= 1 (a share of one "
+                             f"core's time), got {render_budget!r}")
         if rank is not None and not callable(rank):
             raise TypeError(f"rank must be callable or None, got {rank!r}")
         if on_rendered is not None and not callable(on_rendered):
@@ -136,6 +156,7 @@ class QuickUpdateWorker:
         self._backend: Backend = backend
         self.name = name
         self._min_interval = float(min_interval)
+        self._render_budget = float(render_budget)
         self._on_rendered = on_rendered
         self._rank = rank
         self.shutdown_timeout = float(shutdown_timeout)
@@ -155,6 +176,8 @@ class QuickUpdateWorker:
         self._disabled = False
         self._urgent = 0  # how many flush/shutdown calls want min_interval skipped
         self._last_render_start = float("-inf")
+        self._last_render_end = float("-inf")
+        self._recent_costs: collections.deque[float] = collections.deque(maxlen=RECENT_RENDERS)
         self._owner_pid = os.getpid()
         # counters
         self._submitted = 0
@@ -168,6 +191,7 @@ class QuickUpdateWorker:
         self._render_max = 0.0
         self._lag_total = 0.0
         self._lag_max = 0.0
+        self._first_render_start: float | None = None
         self._failure_log = FailureLog(logger, self.name, "quick-update render")
 
     # ------------------------------------------------------------------ API
@@ -208,7 +232,7 @@ class QuickUpdateWorker:
                 self._best_rank = math.inf if final else max(key, self._best_rank)
             self._seq += 1
             self._submitted += 1
-            item = _Item(payload, self._seq, time.monotonic())
+            item = _Item(payload, self._seq, time.monotonic(), final)
             if self._slot is not None:
                 self._superseded += 1
             self._slot = item
@@ -352,7 +376,17 @@ class QuickUpdateWorker:
                 process_starts=self._process_render.starts if self._process_render else 0,
                 process_restarts=self._process_render.restarts if self._process_render else 0,
                 outranked=self._outranked,
+                render_share=self._render_share_locked(),
             )
+
+    def _render_share_locked(self) -> float:
+        first, last = self._first_render_start, self._last_render_start
+        if first is None or not last > first or not self._recent_costs:
+            return 0.0
+        # while a render runs, every finished one lies before its start
+        last_finished = self._in_render is None and self._last_render_end >= last
+        return (self._render_total - (self._recent_costs[-1] if last_finished else 0.0)) / (
+            last - first)
 
     def __enter__(self) -> QuickUpdateWorker:
         return self
@@ -400,8 +434,8 @@ class QuickUpdateWorker:
             with cond:
                 while True:
                     if self._slot is not None:
-                        wait = self._last_render_start + self._min_interval - time.monotonic()
-                        if wait <= 0 or self._urgent:
+                        wait = self._next_start_locked() - time.monotonic()
+                        if wait <= 0 or self._urgent or self._slot.final:
                             break
                         cond.wait(wait)
                         continue
@@ -412,9 +446,21 @@ class QuickUpdateWorker:
             self._render_item(item)
             del item
 
+    def _next_start_locked(self) -> float:
+        """When the next render may start: ``min_interval`` after the last
+        start, and the budget's pause after the last end, whichever is later."""
+        start = self._last_render_start + self._min_interval
+        if self._render_budget < 1 and self._recent_costs:
+            cost = sum(self._recent_costs) / len(self._recent_costs)
+            pause = cost * (1 - self._render_budget) / self._render_budget
+            start = max(start, self._last_render_end + pause)
+        return start
+
     def _render_item(self, item: _Item) -> None:
         started = time.monotonic()
         self._last_render_start = started
+        if self._first_render_start is None:
+            self._first_render_start = started
         ok = False
         try:
             result = self._render(item.payload)
@@ -431,6 +477,8 @@ class QuickUpdateWorker:
             finished = time.monotonic()
             with self._cond:
                 seconds = finished - started
+                self._last_render_end = finished
+                self._recent_costs.append(seconds)
                 self._render_total += seconds
                 self._render_max = max(self._render_max, seconds)
                 if ok:

@@ -1,0 +1,139 @@
+"""A real PyAutoGalaxy fit with live quick updates (issue #16).
+
+autogalaxy's own ``AnalysisImaging`` (JAX likelihood on the CPU) fitting a
+Sersic galaxy to a simulated 40x40 imaging dataset (``tests/autogalaxy_helpers.py``)
+with ``af.DynestyStatic``, a quick update due every ``CADENCE`` evaluations,
+autogalaxy's own ``fit.png`` visualizer. Variants, interleaved, each in a fresh
+interpreter: no quick updates; autofit synchronous; autofit's background thread;
+this library's thread and process backends at the old settings (no render
+budget, the visualizer's own dpi) and at the new defaults (``render_budget``,
+``preview_dpi`` from ``config/general.yaml``). Reported: ``search.fit`` wall
+time, images written while the search ran, distinct images, the median time
+a picture took, and the render's measured share of wall time.
+
+    python benchmarks/run.py --only autogalaxy [--quick] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import header, min_median, table
+from bench_autofit import fmt_ratio, fmt_times, interleave, quiet, run_child
+
+ROOT = Path(__file__).resolve().parents[1]
+CADENCE = 1000
+VARIANTS = ["none", "sync", "autofit-bg", "thread-old", "process-old", "thread", "process"]
+LABELS = {
+    "none": "no quick updates",
+    "sync": "autofit synchronous",
+    "autofit-bg": "autofit background thread",
+    "thread-old": "autofit_jaxviz thread, old settings (no budget, full dpi)",
+    "process-old": "autofit_jaxviz process, old settings (no budget, full dpi)",
+    "thread": "autofit_jaxviz thread, new defaults",
+    "process": "autofit_jaxviz process, new defaults",
+}
+
+
+def galaxy_fit(variant: str, nlive: int, cadence: int) -> dict[str, Any]:
+    """One DynestyStatic fit (runs in a fresh interpreter, its cwd a temporary folder)."""
+    quiet()
+    sys.path.insert(0, str(ROOT / "tests"))
+    import autofit as af
+    import autogalaxy as ag
+    from autogalaxy_helpers import sersic_imaging, sersic_model
+    from autonerves import conf
+
+    output = Path.cwd() / "output"
+    conf.instance.output_path = str(output)
+    if variant == "autofit-bg":
+        conf.instance["general"]["updates"]["quick_update_background"] = True
+    record: dict[str, Any] = {}
+    ours = variant not in ("none", "sync", "autofit-bg")
+    if ours:
+        import autofit_jaxviz.autofit as live
+        import autofit_jaxviz.autofit.hub as hub_module
+
+        old = {"render_budget": 1.0, "preview_dpi": 0} if variant.endswith("-old") else {}
+        live.enable(background=True, backend=variant.removesuffix("-old"), **old)
+        original_close = hub_module.Hub.close
+
+        def close(hub, *args):  # when the search stops: what was drawn while it ran
+            stats = hub.worker.stats
+            record.update(during=stats.rendered, share=stats.render_share,
+                          draw_s=stats.mean_render_seconds)
+            return original_close(hub, *args)
+
+        hub_module.Hub.close = close
+    times: list[float] = []
+    if variant in ("sync", "autofit-bg"):
+        from autofit.non_linear.fitness import Fitness
+
+        original_update = ag.AnalysisImaging.perform_quick_update
+
+        def timed(self, paths, instance):
+            t0 = time.perf_counter()
+            try:
+                return original_update(self, paths, instance)
+            finally:
+                times.append(time.perf_counter() - t0)
+
+        ag.AnalysisImaging.perform_quick_update = timed
+        original_shutdown = Fitness.shutdown_quick_update
+
+        def shutdown(self):
+            record.setdefault("during", len(times))
+            return original_shutdown(self)
+
+        Fitness.shutdown_quick_update = shutdown
+    analysis = ag.AnalysisImaging(dataset=sersic_imaging(), use_jax=True)
+    search = af.DynestyStatic(name=f"galaxy_{variant}", nlive=nlive, silence=True,
+                              iterations_per_quick_update=None if variant == "none" else cadence)
+    t0 = time.perf_counter()
+    try:
+        search.fit(model=sersic_model(), analysis=analysis)
+    except Exception as error:  # autofit's background thread at Dynesty's checkpoint
+        record["error"] = "".join(traceback.format_exception_only(error)).strip()[-200:]
+    record["wall"] = time.perf_counter() - t0
+    if times:
+        record["draw_s"] = sorted(times)[len(times) // 2]
+    record.setdefault("during", 0)
+    return record
+
+
+def run(repeats: int = 3, quick: bool = False) -> str:
+    nlive, cadence = (30, 200) if quick else (100, CADENCE)
+    repeats = 1 if quick else repeats
+    results = interleave({v: (lambda v=v: run_child(
+        "bench_autogalaxy", "galaxy_fit", {"variant": v, "nlive": nlive, "cadence": cadence}))
+        for v in VARIANTS}, repeats)
+    base = [r["wall"] for r in results["none"]]
+    rows = []
+    for name, runs in results.items():
+        walls = [r["wall"] for r in runs]
+        errors = sorted({r["error"] for r in runs if "error" in r})
+        during = sorted(r["during"] for r in runs)[len(runs) // 2]
+        draws = [r["draw_s"] for r in runs if r.get("draw_s")]
+        shares = [r["share"] for r in runs if "share" in r]
+        rows.append([LABELS[name], fmt_times(walls), fmt_ratio(walls, base), str(during),
+                     f"{min_median(draws)[1]:.2f}" if draws else "-",
+                     f"{min_median(shares)[1]:.2f}" if shares else "-",
+                     "; ".join(errors) or "-"])
+    command = "python benchmarks/run.py --only autogalaxy" + (" --quick" if quick else "")
+    return (header("A real PyAutoGalaxy imaging fit (DynestyStatic, JAX likelihood on CPU)",
+                   command)
+            + f"\nautogalaxy's `AnalysisImaging` on a simulated 40x40 Sersic dataset, "
+            f"`DynestyStatic(nlive={nlive})`, a quick update due every {cadence} evaluations, "
+            f"autogalaxy's own `fit.png`; {repeats} repeat(s), variants interleaved, each in a "
+            "fresh interpreter.\n\n"
+            + table(["variant", "wall s (min / median)", "vs no updates (min / median)",
+                     "images during the run (median)", "s per image (median)",
+                     "render share (median)", "error"], rows))
