@@ -6,7 +6,8 @@ at 300 dpi, with ``bbox_inches="tight"``, which draws the figure twice) costs
 the fit a core for most of a second per picture. Within :func:`preview_dpi`,
 every figure saved *on that thread* is saved at no more than the preview dpi,
 whether the visualizer passed ``dpi=`` explicitly or relied on
-``rcParams["savefig.dpi"]``. matplotlib has no public hook for an explicit
+``rcParams["savefig.dpi"]``, and without ``bbox_inches="tight"`` (a second
+draw of the whole figure, only to measure it). matplotlib has no public hook for an explicit
 ``dpi=``, so ``FigureCanvasBase.print_figure`` is wrapped, once, by a function
 that does nothing outside such a block: autofit's own end-of-fit visuals, and
 every other thread, keep their full resolution.
@@ -50,6 +51,10 @@ def _install() -> None:
         @functools.wraps(original)
         def print_figure(canvas: Any, filename: Any, dpi: Any = None, *args: Any,
                          **kwargs: Any) -> Any:
+            if getattr(_active, "dpi", None) and kwargs.get("bbox_inches") == "tight":
+                # "tight" draws the whole figure once more to measure it: in a
+                # preview, the layout the figure already has is kept
+                kwargs["bbox_inches"] = None
             return original(canvas, filename, _cap(dpi, canvas.figure), *args, **kwargs)
 
         print_figure._autofit_jaxviz_preview = True  # type: ignore[attr-defined]
