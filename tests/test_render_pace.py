@@ -126,16 +126,16 @@ def test_a_bad_pace_setting_from_the_environment_names_the_variable(monkeypatch)
 # --------------------------------------------------------------------------- preview dpi
 
 
-def _save(path: Path, dpi: object = None) -> tuple[int, int]:
+def _save(path: Path, dpi: object = None, **kwargs: object) -> tuple[int, int]:
     from matplotlib.image import imread
 
     fig = Figure(figsize=(4, 3), dpi=100)
     FigureCanvasAgg(fig)
     fig.add_subplot().plot([0, 1], [1, 0])
     if dpi is None:
-        fig.savefig(path)
+        fig.savefig(path, **kwargs)
     else:
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, **kwargs)
     return imread(path).shape[:2]
 
 
@@ -145,7 +145,10 @@ def test_preview_dpi_caps_explicit_and_default_dpi_only_inside_the_block(tmp_pat
         assert _save(png, dpi=300) == (150, 200)  # an explicit dpi, as autogalaxy passes
         assert _save(png) == (150, 200)  # matplotlib's default (the figure's 100 dpi)
         assert _save(png, dpi=20) == (60, 80)  # below the cap: left alone
+        # no second draw to crop it: the figure's own size
+        assert _save(png, dpi=300, bbox_inches="tight") == (150, 200)
     assert _save(png, dpi=300) == (900, 1200)  # outside: the visualizer's own
+    assert _save(png, dpi=300, bbox_inches="tight") != (900, 1200)  # and cropped
 
     seen = []
     with preview_dpi(50):  # only this thread: autofit's own visuals elsewhere stay full size
