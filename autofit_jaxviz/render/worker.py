@@ -18,7 +18,6 @@ Render failures are counted and logged, never raised into the sampler.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import os
@@ -31,12 +30,11 @@ from typing import Any
 from autofit_jaxviz.backends import BACKENDS, Backend
 from autofit_jaxviz.failure_log import FailureLog
 from autofit_jaxviz.render import lifecycle
+from autofit_jaxviz.render.pacing import RenderPace
 from autofit_jaxviz.render.process import ProcessRender, RenderCancelled
 
 logger = logging.getLogger(__name__)
 
-#: How many of the last renders' costs the render budget averages.
-RECENT_RENDERS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +154,7 @@ class QuickUpdateWorker:
         self._backend: Backend = backend
         self.name = name
         self._min_interval = float(min_interval)
-        self._render_budget = float(render_budget)
+        self._render_budget = float(render_budget)  # both read by _fresh_state
         self._on_rendered = on_rendered
         self._rank = rank
         self.shutdown_timeout = float(shutdown_timeout)
@@ -176,8 +174,7 @@ class QuickUpdateWorker:
         self._disabled = False
         self._urgent = 0  # how many flush/shutdown calls want min_interval skipped
         self._last_render_start = float("-inf")
-        self._last_render_end = float("-inf")
-        self._recent_costs: collections.deque[float] = collections.deque(maxlen=RECENT_RENDERS)
+        self._pace = RenderPace(self._min_interval, self._render_budget)
         self._owner_pid = os.getpid()
         # counters
         self._submitted = 0
@@ -191,7 +188,6 @@ class QuickUpdateWorker:
         self._render_max = 0.0
         self._lag_total = 0.0
         self._lag_max = 0.0
-        self._first_render_start: float | None = None
         self._failure_log = FailureLog(logger, self.name, "quick-update render")
 
     # ------------------------------------------------------------------ API
@@ -376,17 +372,8 @@ class QuickUpdateWorker:
                 process_starts=self._process_render.starts if self._process_render else 0,
                 process_restarts=self._process_render.restarts if self._process_render else 0,
                 outranked=self._outranked,
-                render_share=self._render_share_locked(),
+                render_share=self._pace.share(),
             )
-
-    def _render_share_locked(self) -> float:
-        first, last = self._first_render_start, self._last_render_start
-        if first is None or not last > first or not self._recent_costs:
-            return 0.0
-        # while a render runs, every finished one lies before its start
-        last_finished = self._in_render is None and self._last_render_end >= last
-        return (self._render_total - (self._recent_costs[-1] if last_finished else 0.0)) / (
-            last - first)
 
     def __enter__(self) -> QuickUpdateWorker:
         return self
@@ -434,7 +421,7 @@ class QuickUpdateWorker:
             with cond:
                 while True:
                     if self._slot is not None:
-                        wait = self._next_start_locked() - time.monotonic()
+                        wait = self._pace.next_start() - time.monotonic()
                         if wait <= 0 or self._urgent or self._slot.final:
                             break
                         cond.wait(wait)
@@ -446,21 +433,11 @@ class QuickUpdateWorker:
             self._render_item(item)
             del item
 
-    def _next_start_locked(self) -> float:
-        """When the next render may start: ``min_interval`` after the last
-        start, and the budget's pause after the last end, whichever is later."""
-        start = self._last_render_start + self._min_interval
-        if self._render_budget < 1 and self._recent_costs:
-            cost = sum(self._recent_costs) / len(self._recent_costs)
-            pause = cost * (1 - self._render_budget) / self._render_budget
-            start = max(start, self._last_render_end + pause)
-        return start
-
     def _render_item(self, item: _Item) -> None:
         started = time.monotonic()
         self._last_render_start = started
-        if self._first_render_start is None:
-            self._first_render_start = started
+        with self._cond:
+            self._pace.started(started)
         ok = False
         try:
             result = self._render(item.payload)
@@ -477,8 +454,7 @@ class QuickUpdateWorker:
             finished = time.monotonic()
             with self._cond:
                 seconds = finished - started
-                self._last_render_end = finished
-                self._recent_costs.append(seconds)
+                self._pace.finished(started, finished)
                 self._render_total += seconds
                 self._render_max = max(self._render_max, seconds)
                 if ok:

@@ -1,0 +1,55 @@
+"""When the next render may start: a minimum interval and a render budget.
+
+The budget keeps rendering to a share ``b`` of one core's time: after renders
+that cost ``c`` seconds (the mean of the last few, so one cheap picture does
+not open the gate for a burst), the next waits ``c * (1 - b) / b`` from the
+end of the last. ``min_interval`` counts from the last start; the later of the
+two applies. The worker skips both for a flush, a shutdown or a final payload.
+"""
+
+from __future__ import annotations
+
+import collections
+
+#: How many of the last renders' costs the budget averages.
+RECENT_RENDERS = 3
+
+
+class RenderPace:
+    """Render times and the gate they imply. Not thread-safe: the worker holds its lock."""
+
+    def __init__(self, min_interval: float = 0.0, budget: float = 1.0) -> None:
+        self.min_interval = float(min_interval)
+        self.budget = float(budget)
+        self.first_start: float | None = None
+        self.last_start = float("-inf")
+        self.last_end = float("-inf")
+        self.total = 0.0  # seconds spent rendering, every render
+        self._recent: collections.deque[float] = collections.deque(maxlen=RECENT_RENDERS)
+
+    def started(self, when: float) -> None:
+        self.last_start = when
+        if self.first_start is None:
+            self.first_start = when
+
+    def finished(self, started: float, ended: float) -> None:
+        self.last_end = ended
+        self.total += ended - started
+        self._recent.append(ended - started)
+
+    def next_start(self) -> float:
+        start = self.last_start + self.min_interval
+        if self.budget < 1 and self._recent:
+            cost = sum(self._recent) / len(self._recent)
+            start = max(start, self.last_end + cost * (1 - self.budget) / self.budget)
+        return start
+
+    def share(self) -> float:
+        """Rendering's share of wall time over the complete cycles (each render
+        and the wait after it, from the first start to the last start)."""
+        first, last = self.first_start, self.last_start
+        if first is None or not last > first or not self._recent:
+            return 0.0
+        # the last render, once finished, has no wait after it yet
+        finished_last = self.last_end >= last
+        return (self.total - (self._recent[-1] if finished_last else 0.0)) / (last - first)
