@@ -1,7 +1,7 @@
 """Where a quick update is drawn: one name, ``Backend``, for the three choices.
 
 ``"process"``
-    a long-lived spawned render process (the default of the PyAutoFit
+    a long-lived render process (a fresh interpreter) (the default of the PyAutoFit
     integration and the demo): drawing never competes with a Python-bound
     sampler for the GIL;
 ``"thread"``

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           f"same jitted scan; 0 skips adaptation (default: {DEFAULT_WARMUP})")
     parser.add_argument(
         "--backend", choices=BACKENDS, default="process",
-        help="where images are drawn: a spawned render process, a background thread, or "
+        help="where images are drawn: a separate render process, a background thread, or "
              "inline in the sampler's host callback (sync, which stalls the sampler) "
              "(default: process)")
     parser.add_argument(

@@ -9,7 +9,7 @@ lost, only superseded.
 
 Three backends (:mod:`autofit_jaxviz.backends`) share one contract: a
 renderer thread (``"thread"``, the default here), the same thread handing each
-payload to a spawned render process (``"process"``, see
+payload to a separate render process (``"process"``, see
 :mod:`autofit_jaxviz.render.process`), or the render inside ``submit``
 (``"sync"``).
 
