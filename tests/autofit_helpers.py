@@ -1,6 +1,6 @@
 """autofit's own example Gaussian, with a quick update that leaves evidence.
 
-A module of its own (not a test file) so a spawned render process can import
+A module of its own (not a test file) so a render process can import
 the analysis class.
 """
 

@@ -769,7 +769,7 @@ json.dumps({"enabled": live.enabled, "reason": live.reason, "updates": live.upda
 
 @pytest.mark.slow
 def test_kernel_process_backend_updates_the_same_output(tmp_path, flavour):
-    """The render runs in a spawned child; the update still happens in the
+    """The render runs in a render process; the update still happens in the
     kernel, on the worker's thread, in place."""
     out = tmp_path / "out"
     out.mkdir()
