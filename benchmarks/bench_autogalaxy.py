@@ -2,9 +2,12 @@
 
 autogalaxy's own ``AnalysisImaging`` (JAX likelihood on the CPU) fitting a
 Sersic galaxy to a simulated 40x40 imaging dataset (``tests/autogalaxy_helpers.py``)
-with ``af.DynestyStatic``, a quick update due every ``CADENCE`` evaluations,
+with ``af.DynestyStatic`` stopped after ``MAXCALL`` likelihood evaluations (the
+same work in every variant, about two minutes here without updates), a quick
+update due every ``CADENCE`` evaluations,
 autogalaxy's own ``fit.png`` visualizer. Variants, interleaved, each in a fresh
-interpreter: no quick updates; autofit synchronous; autofit's background thread;
+interpreter: no quick updates; autofit synchronous; autofit's background thread
+(which crashes at Dynesty's first checkpoint) and the same patched by hand;
 this library's thread and process backends at the old settings (no render
 budget, the visualizer's own dpi) and at the new defaults (``render_budget``,
 ``preview_dpi`` from ``config/general.yaml``). Reported: ``search.fit`` wall
@@ -30,12 +33,15 @@ from _common import header, min_median, table
 from bench_autofit import fmt_ratio, fmt_times, interleave, quiet, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
-CADENCE = 1000
-VARIANTS = ["none", "sync", "autofit-bg", "thread-old", "process-old", "thread", "process"]
+CADENCE = 500
+NLIVE, MAXCALL = 50, 15000
+VARIANTS = ["none", "sync", "autofit-bg", "autofit-bg-patched", "thread-old", "process-old",
+            "thread", "process"]
 LABELS = {
     "none": "no quick updates",
     "sync": "autofit synchronous",
     "autofit-bg": "autofit background thread",
+    "autofit-bg-patched": "autofit background thread, patched by hand to survive the checkpoint",
     "thread-old": "autofit_jaxviz thread, old settings (no budget, full dpi)",
     "process-old": "autofit_jaxviz process, old settings (no budget, full dpi)",
     "thread": "autofit_jaxviz thread, new defaults",
@@ -43,7 +49,7 @@ LABELS = {
 }
 
 
-def galaxy_fit(variant: str, nlive: int, cadence: int) -> dict[str, Any]:
+def galaxy_fit(variant: str, nlive: int, cadence: int, maxcall: int) -> dict[str, Any]:
     """One DynestyStatic fit (runs in a fresh interpreter, its cwd a temporary folder)."""
     quiet()
     sys.path.insert(0, str(ROOT / "tests"))
@@ -54,10 +60,21 @@ def galaxy_fit(variant: str, nlive: int, cadence: int) -> dict[str, Any]:
 
     output = Path.cwd() / "output"
     conf.instance.output_path = str(output)
-    if variant == "autofit-bg":
+    if variant.startswith("autofit-bg"):
         conf.instance["general"]["updates"]["quick_update_background"] = True
+    if variant == "autofit-bg-patched":
+        from autofit.non_linear.fitness import Fitness
+
+        original_state = Fitness.__getstate__
+
+        def without_worker(self):  # the hand patch: Dynesty's checkpoint skips the thread
+            state = original_state(self)
+            state["_background_quick_update"] = None
+            return state
+
+        Fitness.__getstate__ = without_worker
     record: dict[str, Any] = {}
-    ours = variant not in ("none", "sync", "autofit-bg")
+    ours = variant not in ("none", "sync", "autofit-bg", "autofit-bg-patched")
     if ours:
         import autofit_jaxviz.autofit as live
         import autofit_jaxviz.autofit.hub as hub_module
@@ -73,8 +90,16 @@ def galaxy_fit(variant: str, nlive: int, cadence: int) -> dict[str, Any]:
             return original_close(hub, *args)
 
         hub_module.Hub.close = close
+        original_draw_result = hub_module.Hub.draw_result
+
+        def draw_result(hub, vector, log_likelihood):  # was the last picture the result's?
+            redrawn = original_draw_result(hub, vector, log_likelihood)
+            record["final_was_best"] = not redrawn
+            return redrawn
+
+        hub_module.Hub.draw_result = draw_result
     times: list[float] = []
-    if variant in ("sync", "autofit-bg"):
+    if variant in ("sync", "autofit-bg", "autofit-bg-patched"):
         from autofit.non_linear.fitness import Fitness
 
         original_update = ag.AnalysisImaging.perform_quick_update
@@ -95,7 +120,7 @@ def galaxy_fit(variant: str, nlive: int, cadence: int) -> dict[str, Any]:
 
         Fitness.shutdown_quick_update = shutdown
     analysis = ag.AnalysisImaging(dataset=sersic_imaging(), use_jax=True)
-    search = af.DynestyStatic(name=f"galaxy_{variant}", nlive=nlive, silence=True,
+    search = af.DynestyStatic(name=f"galaxy_{variant}", nlive=nlive, silence=True, maxcall=maxcall,
                               iterations_per_quick_update=None if variant == "none" else cadence)
     t0 = time.perf_counter()
     try:
@@ -110,10 +135,11 @@ def galaxy_fit(variant: str, nlive: int, cadence: int) -> dict[str, Any]:
 
 
 def run(repeats: int = 3, quick: bool = False) -> str:
-    nlive, cadence = (30, 200) if quick else (100, CADENCE)
+    nlive, cadence, maxcall = (30, 200, 3000) if quick else (NLIVE, CADENCE, MAXCALL)
     repeats = 1 if quick else repeats
     results = interleave({v: (lambda v=v: run_child(
-        "bench_autogalaxy", "galaxy_fit", {"variant": v, "nlive": nlive, "cadence": cadence}))
+        "bench_autogalaxy", "galaxy_fit", {"variant": v, "nlive": nlive, "cadence": cadence,
+                                                "maxcall": maxcall}))
         for v in VARIANTS}, repeats)
     base = [r["wall"] for r in results["none"]]
     rows = []
@@ -123,17 +149,21 @@ def run(repeats: int = 3, quick: bool = False) -> str:
         during = sorted(r["during"] for r in runs)[len(runs) // 2]
         draws = [r["draw_s"] for r in runs if r.get("draw_s")]
         shares = [r["share"] for r in runs if "share" in r]
+        finals = [r["final_was_best"] for r in runs if "final_was_best" in r]
         rows.append([LABELS[name], fmt_times(walls), fmt_ratio(walls, base), str(during),
                      f"{min_median(draws)[1]:.2f}" if draws else "-",
                      f"{min_median(shares)[1]:.2f}" if shares else "-",
+                     f"{sum(finals)} of {len(finals)}" if finals else "-",
                      "; ".join(errors) or "-"])
     command = "python benchmarks/run.py --only autogalaxy" + (" --quick" if quick else "")
     return (header("A real PyAutoGalaxy imaging fit (DynestyStatic, JAX likelihood on CPU)",
                    command)
             + f"\nautogalaxy's `AnalysisImaging` on a simulated 40x40 Sersic dataset, "
-            f"`DynestyStatic(nlive={nlive})`, a quick update due every {cadence} evaluations, "
+            f"`DynestyStatic(nlive={nlive}, maxcall={maxcall})` (the same number of likelihood "
+            f"evaluations in every variant), a quick update due every {cadence} evaluations, "
             f"autogalaxy's own `fit.png`; {repeats} repeat(s), variants interleaved, each in a "
             "fresh interpreter.\n\n"
             + table(["variant", "wall s (min / median)", "vs no updates (min / median)",
                      "images during the run (median)", "s per image (median)",
-                     "render share (median)", "error"], rows))
+                     "render share (median)", "last picture is the result's best", "error"],
+                     rows))
