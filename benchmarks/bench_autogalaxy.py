@@ -33,8 +33,8 @@ from _common import header, min_median, table
 from bench_autofit import fmt_ratio, fmt_times, interleave, quiet, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
-CADENCE = 500
-NLIVE, MAXCALL = 50, 15000
+CADENCE = 1000
+NLIVE, MAXCALL = 50, 40000
 VARIANTS = ["none", "sync", "autofit-bg", "autofit-bg-patched", "thread-old", "process-old",
             "thread", "process"]
 LABELS = {
