@@ -112,16 +112,23 @@ def _across_devices(pred: Any, ll: Any, step: Any, flat: Any) -> tuple[Any, ...]
     return pred & (lax.axis_index(manual) == 0), ll, step, flat
 
 
-def emitter(host: Callable[[Any], None]) -> Callable[[Any, Any, Any, Any], None]:
+def emitter(
+    host: Callable[[Any], None], prepare: Callable[[Any], Any] | None = None
+) -> Callable[[Any, Any, Any, Any], None]:
     """Build ``emit(pred, log_likelihood, step, flat)`` calling ``host(packed)`` once.
 
     A ``custom_vmap``: under ``vmap`` the batching rule keeps the best row among
     those whose ``pred`` is true and calls the unbatched emitter once, so the
     callback never unrolls per element and its cond predicate stays a scalar.
+    ``prepare(flat) -> flat`` runs inside the taken branch only, just before the
+    callback (e.g. a sampler's map to constrained space): a step that does not
+    report never pays for it.
     """
     jax, jnp, lax = load_jax()
 
     def _send(ll: Any, step: Any, flat: Any) -> None:
+        if prepare is not None:
+            flat = prepare(flat)
         dtype = jnp.result_type(flat.dtype, ll.dtype)
         header = jnp.stack(
             [

@@ -15,6 +15,7 @@ outer one keep the cond out of the inner loop.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -195,10 +196,23 @@ class BestFitTracker:
             spec=spec,
         )
 
-    def update(self, state: TrackerState, parameters: Any, log_likelihood: Any) -> TrackerState:
-        """Fold one step's walker (or batch) into the best and report it if due."""
+    def update(
+        self,
+        state: TrackerState,
+        parameters: Any,
+        log_likelihood: Any,
+        *,
+        transform: Callable[[Any], Any] | None = None,
+    ) -> TrackerState:
+        """Fold one step's walker (or batch) into the best and report it if due.
+
+        ``transform`` (a traceable function of the best parameters' pytree) is
+        applied to what is sent, only when a report fires: the host gets its
+        output (e.g. a sampler's constrained parameters) and the state keeps
+        tracking the parameters as given.
+        """
         state = self.track(state, parameters, log_likelihood)
-        return self._maybe_report(state, state.step - 1)
+        return self._maybe_report(state, state.step - 1, transform=transform)
 
     def track(self, state: TrackerState, parameters: Any, log_likelihood: Any) -> TrackerState:
         """Fold a step into the best without any host contact (no ``lax.cond``).
@@ -239,18 +253,30 @@ class BestFitTracker:
             step=state.step + 1,
         )
 
-    def maybe_report(self, state: TrackerState) -> TrackerState:
+    def maybe_report(
+        self, state: TrackerState, *, transform: Callable[[Any], Any] | None = None
+    ) -> TrackerState:
         """Report the best if it improved since the last report and the cadence allows."""
-        return self._maybe_report(state, state.step)
+        return self._maybe_report(state, state.step, transform=transform)
 
-    def _maybe_report(self, state: TrackerState, step: Any) -> TrackerState:
+    def _maybe_report(
+        self,
+        state: TrackerState,
+        step: Any,
+        *,
+        transform: Callable[[Any], Any] | None = None,
+        when: Any = None,
+    ) -> TrackerState:
         _, jnp, _ = load_jax()
         pred = (state.best_log_likelihood > state.reported_log_likelihood) & (
             step - state.last_report_step >= self.every
         )
         if self.check_every > 1:
             pred = pred & ((step + 1) % self.check_every == 0)
-        emit = emitter(host_callback(self.sink, state.spec, device_step=True, final=False))
+        if when is not None:
+            pred = pred & when
+        spec, prepare = _transformed(state.spec, transform)
+        emit = emitter(host_callback(self.sink, spec, device_step=True, final=False), prepare)
         emit(pred, state.best_log_likelihood, state.best_step, state.best_parameters)
         return state._replace(
             reported_log_likelihood=jnp.where(
@@ -259,14 +285,20 @@ class BestFitTracker:
             last_report_step=jnp.where(pred, step, state.last_report_step),
         )
 
-    def report_final(self, state: TrackerState) -> TrackerState:
+    def report_final(
+        self, state: TrackerState, *, transform: Callable[[Any], Any] | None = None
+    ) -> TrackerState:
         """Push the best after the loop, bypassing ``every``, ``check_every`` and ``min_seconds``.
 
         Inside ``jit`` it is one more callback. Outside (a concrete state) it calls
-        the sink directly, so the final best has been handed on when it returns.
+        the sink directly, so the final best has been handed on when it returns;
+        a ``transform`` is then run once, as a jitted call, on this thread.
         """
-        _, jnp, _ = load_jax()
-        host = host_callback(self.sink, state.spec, device_step=True, final=True)
+        jax, jnp, _ = load_jax()
+        if transform is not None and not is_tracer(state.best_log_likelihood):
+            return jax.jit(lambda s: self.report_final(s, transform=transform))(state)
+        spec, prepare = _transformed(state.spec, transform)
+        host = host_callback(self.sink, spec, device_step=True, final=True)
         if not any(is_tracer(x) for x in (state.best_log_likelihood, state.best_parameters)):
             ll = np.asarray(state.best_log_likelihood)
             if ll.ndim:
@@ -281,7 +313,9 @@ class BestFitTracker:
             host(np.concatenate([header, flat.astype(dtype)]))
         else:
             pred = state.best_log_likelihood > -jnp.inf
-            emitter(host)(pred, state.best_log_likelihood, state.best_step, state.best_parameters)
+            emitter(host, prepare)(
+                pred, state.best_log_likelihood, state.best_step, state.best_parameters
+            )
         return state._replace(
             reported_log_likelihood=state.best_log_likelihood,
             last_report_step=state.step,
@@ -296,6 +330,27 @@ class BestFitTracker:
             f"BestFitTracker(every={self.every}, check_every={self.check_every}, "
             f"sink={self.sink!r})"
         )
+
+
+def _transformed(
+    spec: ParamSpec, transform: Callable[[Any], Any] | None
+) -> tuple[ParamSpec, Callable[[Any], Any] | None]:
+    """The layout the host receives and the device function that makes it from
+    the tracked flat vector (``None``: the tracked parameters as they are)."""
+    if transform is None:
+        return spec, None
+    jax, _, _ = load_jax()
+
+    def prepare(flat: Any) -> Any:
+        out_spec, leaves = spec_of(transform(spec.unflatten_jax(flat)), None, "transform")
+        return flatten(out_spec, leaves, None)
+
+    shape = jax.eval_shape(
+        lambda flat: transform(spec.unflatten_jax(flat)),
+        jax.ShapeDtypeStruct((spec.size,), flat_dtype(spec)),
+    )
+    out_spec, _ = spec_of(shape, None, "transform")
+    return out_spec, prepare
 
 
 @functools.cache

@@ -1,0 +1,194 @@
+"""A live picture of the best fit for a loop someone else owns (NumPyro, BlackJAX, optax).
+
+:class:`LiveView` is what the adapters share: the user's ``draw(best)``, the
+latest-only worker that runs it off the sampler (a render process by default),
+the :class:`~autofit_jaxviz.host.HostSink` that the in-jit callbacks feed, the
+notebook's in-place image, and :meth:`LiveView.close`, which waits for every
+callback the finished computation dispatched and draws the final best.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autofit_jaxviz.backends import Backend
+from autofit_jaxviz.config import load_settings
+from autofit_jaxviz.device.lazy_jax import effects_barrier, load_jax
+from autofit_jaxviz.host.sink import HostSink
+from autofit_jaxviz.payload import BestFit
+from autofit_jaxviz.render.png import write_png_atomically
+from autofit_jaxviz.render.preview import preview_dpi
+from autofit_jaxviz.render.pyplot import PyplotGuarded
+from autofit_jaxviz.render.worker import QuickUpdateWorker, WorkerStats
+
+logger = logging.getLogger(__name__)
+
+
+class FigureRender:
+    """``draw(best)`` made into a render: a returned figure is saved, atomically.
+
+    A class (not a closure) so that it pickles by reference to ``draw`` where it
+    can, and by value (cloudpickle) where ``draw`` lives in a notebook or a
+    script's ``__main__``. Quick updates are saved at the preview dpi; the final
+    picture (``final=True`` payloads, see :meth:`LiveView.close`) at full dpi.
+    """
+
+    def __init__(self, draw: Callable[[BestFit], Any], image: Path, preview: float) -> None:
+        self.draw = draw
+        self.image = image
+        self.preview = preview
+
+    def __call__(self, best: BestFit) -> Any:
+        dpi = None if isinstance(best, FinalFit) else (self.preview or None)
+        with preview_dpi(dpi):
+            drawn = self.draw(best)
+            if hasattr(drawn, "savefig"):
+                return str(write_png_atomically(drawn, self.image))
+        if isinstance(drawn, str | os.PathLike | bytes):
+            return drawn if not isinstance(drawn, bytes) else str(
+                write_png_atomically(drawn, self.image))
+        raise TypeError(
+            f"draw(best) must return a matplotlib Figure (saved to {self.image}), PNG bytes "
+            f"or the path it wrote, got {type(drawn).__name__}: {drawn!r}")
+
+
+class FinalFit(BestFit):
+    """The last best of a run: drawn at full resolution, whatever the render budget."""
+
+    __slots__ = ()
+
+
+class LiveView:
+    """Draw the best fit of a jitted run while it runs, one picture at a time.
+
+    Parameters
+    ----------
+    draw
+        ``draw(best)`` -> a matplotlib ``Figure`` (build it with
+        ``matplotlib.figure.Figure``, not pyplot), PNG bytes, or the path of a
+        picture it wrote. ``best`` is a :class:`~autofit_jaxviz.BestFit`:
+        ``parameters`` as the adapter describes (NumPy arrays),
+        ``log_likelihood`` the score the run maximises, ``step`` the step
+        that found it.
+    image
+        Where a returned figure is saved (``fit.png``).
+    backend, render_budget, min_render_interval, preview_dpi, notebook_display, shutdown_timeout
+        As in ``config/general.yaml``; ``None`` takes the configured value
+        (keyword > ``AUTOFIT_JAXVIZ_*`` environment > workspace > packaged).
+    """
+
+    def __init__(
+        self,
+        draw: Callable[[BestFit], Any],
+        *,
+        image: str | os.PathLike[str] = "fit.png",
+        backend: Backend | None = None,
+        render_budget: float | None = None,
+        min_render_interval: float | None = None,
+        preview_dpi: float | None = None,
+        notebook_display: bool | None = None,
+        shutdown_timeout: float | None = None,
+        name: str = "live-view",
+    ) -> None:
+        if not callable(draw):
+            raise TypeError(f"draw must be callable with one BestFit, got {draw!r}")
+        if not isinstance(image, str | os.PathLike):
+            raise TypeError(f"image must be a path, got {type(image).__name__}: {image!r}")
+        settings = load_settings(
+            backend=backend, render_budget=render_budget, min_render_interval=min_render_interval,
+            preview_dpi=preview_dpi, notebook_display=notebook_display,
+            shutdown_timeout=shutdown_timeout)
+        self.settings = settings
+        self.image = Path(image).resolve()
+        self.name = name
+        render: Callable[[BestFit], Any] = FigureRender(draw, self.image, settings.preview_dpi)
+        display = _notebook_display(settings.notebook_display)
+        if display is not None:
+            render = display.wrap_render(render, guard_pyplot=settings.backend != "process")
+        elif settings.backend == "thread":
+            render = PyplotGuarded(render)
+        self._display = display
+        #: the fit in the picture now (the last one drawn without an error)
+        self.drawn: BestFit | None = None
+        self.worker = QuickUpdateWorker(
+            render, backend=settings.backend, name=name,
+            min_interval=settings.min_render_interval, render_budget=settings.render_budget,
+            on_rendered=self._on_rendered, shutdown_timeout=settings.shutdown_timeout)
+        self.worker.prestart()
+        self.sink = HostSink(self.worker, name=name)
+
+    def _on_rendered(self, best: BestFit, result: Any) -> None:
+        self.drawn = best
+        if self._display is not None:
+            self._display.on_rendered(best, result)
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self.worker.stats
+
+    @property
+    def best(self) -> BestFit | None:
+        """The best fit the callbacks have delivered so far."""
+        return self.sink.best
+
+    def close(self, timeout: float | None = None, *, wait_for: Any = None) -> bool:
+        """After the run: wait for its callbacks, draw the final best (full dpi,
+        no budget wait), stop the worker. True if everything finished in time.
+
+        ``wait_for`` (the run's result, any pytree of arrays) is waited on first:
+        ``jax.effects_barrier`` does not wait for a computation still in flight
+        under ``pmap`` (measured, JAX 0.11.2), whose callbacks would then arrive
+        after the worker stopped.
+        """
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if wait_for is not None:
+            _block_until_ready(wait_for, timeout)
+        effects_barrier(max(0.0, deadline - time.monotonic()))
+        self.sink.flush()
+        best = self.sink.best
+        if best is not None:
+            final = FinalFit(best.log_likelihood, best.parameters, best.step, best.created)
+            self.worker.submit(final, final=True)
+        return self.worker.shutdown(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> LiveView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LiveView(image={str(self.image)!r}, backend={self.worker.backend!r})"
+
+
+def _block_until_ready(tree: Any, timeout: float) -> bool:
+    """``jax.block_until_ready(tree)``, at most ``timeout`` seconds; never raises."""
+    jax, _, _ = load_jax()
+
+    def wait() -> None:
+        try:
+            jax.block_until_ready(tree)
+        except Exception:  # noqa: BLE001 - a failed run: its error is the caller's to see
+            logger.debug("%r: waiting for the run failed", tree, exc_info=True)
+
+    waiter = threading.Thread(target=wait, name="live-view-wait", daemon=True)
+    waiter.start()
+    waiter.join(max(0.0, timeout))
+    return not waiter.is_alive()
+
+
+def _notebook_display(enabled: bool) -> Any:
+    """One live image in the running cell, when in a Jupyter kernel."""
+    from autofit_jaxviz.notebook import NotebookDisplay, in_kernel
+
+    if not enabled or not in_kernel():
+        return None
+    display = NotebookDisplay()
+    return display if display.enabled else None
