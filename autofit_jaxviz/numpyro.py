@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from autofit_jaxviz.device.lazy_jax import load_jax
-from autofit_jaxviz.device.tracker import BestFitTracker, TrackerState
-from autofit_jaxviz.host.sink import HostSink
+from autofit_jaxviz.device.phases import PhasedTracker
+from autofit_jaxviz.device.tracker import TrackerState
 from autofit_jaxviz.live import LiveView
 from autofit_jaxviz.payload import BestFit
 
@@ -75,21 +75,14 @@ class LiveKernel(MCMCKernel):
                 "their state holds many walkers, use NUTS, HMC, SA or BarkerMH")
         self.inner = kernel
         self.view = view
-        # warm-up bests go through their own sink (its best is the warm-up's), and
-        # stop reaching the worker once a post-warm-up best has been handed on
-        self._warmup = BestFitTracker(HostSink(self._warmup_best, name=view.name), every=every)
-        self._sampling = BestFitTracker(view.sink)
+        self._phases = PhasedTracker(view, every=every)
         self._num_warmup = 0
         self._vectorized = False
-
-    def _warmup_best(self, best: BestFit) -> None:
-        if self.view.sink.best is None:
-            self.view.worker.submit(best)
 
     @property
     def callbacks(self) -> int:
         """Host callbacks received so far (warm-up and sampling): the storm check."""
-        return self._warmup.sink.stats().received + self._sampling.sink.stats().received
+        return self._phases.callbacks
 
     # -- MCMCKernel ------------------------------------------------------------------
 
@@ -127,9 +120,9 @@ class LiveKernel(MCMCKernel):
         # its chains itself (one state each), so each gets a tracker
         self._vectorized = not is_prng_key(rng_key)
         if self._vectorized:
-            tracker = jax.vmap(self._warmup.init)(z, log_density)
+            tracker = jax.vmap(self._phases.init)(z, log_density)
         else:
-            tracker = self._warmup.init(z, log_density)
+            tracker = self._phases.init(z, log_density)
         return LiveState(inner, tracker)
 
     def sample(self, state: LiveState, model_args: Any, model_kwargs: Any) -> LiveState:
@@ -142,14 +135,9 @@ class LiveKernel(MCMCKernel):
         constrain = self.inner.postprocess_fn(model_args, model_kwargs)
 
         def follow(tracker: TrackerState, z: Any, log_density: Any, iteration: Any) -> Any:
-            sampling = iteration > self._num_warmup
-            tracker = _restart_where(iteration == self._num_warmup + 1, tracker)
-            tracker = self._warmup.track(tracker, z, log_density)
-            step = tracker.step - 1
-            tracker = self._warmup._maybe_report(tracker, step, transform=constrain,
-                                                 when=~sampling)
-            return self._sampling._maybe_report(tracker, step, transform=constrain,
-                                                when=sampling)
+            return self._phases.follow(
+                tracker, z, log_density, sampling=iteration > self._num_warmup,
+                restart=iteration == self._num_warmup + 1, transform=constrain)
 
         if self._vectorized:  # the kernel batches its chains itself: one tracker each
             follow = jax.vmap(follow)
@@ -180,16 +168,6 @@ class LiveKernel(MCMCKernel):
 
     def __repr__(self) -> str:
         return f"LiveKernel({self.inner!r}, view={self.view!r})"
-
-
-def _restart_where(restart: Any, tracker: TrackerState) -> TrackerState:
-    """Forget the best (the warm-up's) where ``restart``: sampling begins."""
-    jnp = load_jax()[1]
-    neg = jnp.asarray(-jnp.inf, tracker.best_log_likelihood.dtype)
-    return tracker._replace(
-        best_log_likelihood=jnp.where(restart, neg, tracker.best_log_likelihood),
-        reported_log_likelihood=jnp.where(restart, neg, tracker.reported_log_likelihood),
-    )
 
 
 def live_kernel(kernel: MCMCKernel, draw: Callable[[BestFit], Any], *, every: int = 1,
