@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from autofit_jaxviz.device.lazy_jax import load_jax
-from autofit_jaxviz.device.tracker import BestFitTracker, TrackerState
+from autofit_jaxviz.device.tracker import BestFitTracker, TrackerState, _positive_int
 from autofit_jaxviz.live import LiveView
 from autofit_jaxviz.payload import BestFit
 
@@ -87,9 +87,12 @@ def live_optimizer(optimizer: optax.GradientTransformation, draw: Callable[[Best
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"live_optimizer needs an optax GradientTransformation (optax.adam(...), "
                         f"optax.chain(...)), got {type(optimizer).__name__}: {optimizer!r}")
+    every = _positive_int("every", every)
     view_options.setdefault("name", "live[optax]")
     view = LiveView(draw, **view_options)
-    tracker = BestFitTracker(view.sink, every=every)
+    # check_every, not every: the update count is the same in every vmapped start,
+    # so their reports fall on the same steps and reduce to one callback
+    tracker = BestFitTracker(view.sink, check_every=every)
     inner = optax.with_extra_args_support(optimizer)
 
     def init(params: Any) -> LiveOptState:

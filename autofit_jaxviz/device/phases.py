@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autofit_jaxviz.device.lazy_jax import load_jax
-from autofit_jaxviz.device.tracker import BestFitTracker, TrackerState
+from autofit_jaxviz.device.tracker import BestFitTracker, TrackerState, _positive_int
 from autofit_jaxviz.host.sink import HostSink
 from autofit_jaxviz.payload import BestFit
 
@@ -28,8 +28,12 @@ class PhasedTracker:
     sampling reports on every improvement (rare once the chain has converged)."""
 
     def __init__(self, view: LiveView, *, every: int = 1) -> None:
+        every = _positive_int("every", every)
         self.view = view
-        self.warmup = BestFitTracker(HostSink(self._warmup_best, name=view.name), every=every)
+        # check_every: vmapped chains count steps together, so their thinned
+        # reports fall on the same steps and reduce to one callback
+        self.warmup = BestFitTracker(HostSink(self._warmup_best, name=view.name),
+                                     check_every=every)
         self.sampling = BestFitTracker(view.sink)
 
     def _warmup_best(self, best: BestFit) -> None:

@@ -1,0 +1,80 @@
+"""BlackJAX's stock ``window_adaptation`` and ``run_inference_algorithm`` with
+``live_algorithm``: real NUTS on JAX's CPU backend (``examples/blackjax_sine.py``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+jax = pytest.importorskip("jax")
+blackjax = pytest.importorskip("blackjax")
+import jax.numpy as jnp  # noqa: E402
+from example_loader import load_example  # noqa: E402
+
+from autofit_jaxviz.blackjax import live_algorithm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("chains", [1, 3])
+def test_last_picture_is_the_best_sample_the_run_returns(tmp_path, chains):
+    example = load_example("blackjax_sine")
+    summary = example.run(chains=chains, warmup=200, samples=300, points=200,
+                          backend="thread", image=str(tmp_path / "fit.png"))
+    assert summary["drawn_log_density"] == pytest.approx(summary["best_log_density"], rel=1e-6)
+    assert summary["drawn"] == pytest.approx(summary["best"], rel=1e-5)
+    assert summary["images"] >= 2  # a warm-up picture, then the best sample
+    # no storm: vmapped chains call back once per step at most, and only on improvement
+    assert 2 <= summary["callbacks"] < (200 + 300) / 5
+    assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_draw_that_raises_does_not_stop_the_run(tmp_path, caplog):
+    calls = threading.Event()
+
+    def draw(best):
+        calls.set()
+        raise ValueError("broken draw")
+
+    example = load_example("blackjax_sine")
+    x, y = example.simulate(100)
+    logdensity = example.make_logdensity(jnp.asarray(x), jnp.asarray(y))
+    nuts = live_algorithm(blackjax.nuts, draw, image=tmp_path / "fit.png", backend="thread")
+    (state, parameters), _ = blackjax.window_adaptation(nuts, logdensity).run(
+        jax.random.PRNGKey(0), example.START, num_steps=100)
+    state, (history, _) = blackjax.util.run_inference_algorithm(
+        jax.random.PRNGKey(1), nuts(logdensity, **parameters), 100, initial_state=state)
+    nuts.close(state)
+    assert calls.is_set() and history.logdensity.shape == (100,)
+    assert nuts.view.stats.failed >= 1 and nuts.view.stats.rendered == 0
+    assert "broken draw" in caplog.text
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(TypeError, match="needs a BlackJAX algorithm such as blackjax.nuts.*got"):
+        live_algorithm(blackjax.nuts.init, lambda best: None)
+    nuts = live_algorithm(blackjax.nuts, lambda best: None, image=tmp_path / "f.png",
+                          backend="thread")
+    kernel = nuts.build_kernel()
+    plain = blackjax.nuts.init({"a": 0.0}, lambda p: -p["a"] ** 2)
+    with pytest.raises(TypeError, match="needs the state its own init built.*HMCState"):
+        kernel(jax.random.PRNGKey(0), plain, lambda p: -p["a"] ** 2, 0.1, jnp.ones(1))
+    nuts.close()
+
+
+@pytest.mark.slow
+def test_example_runs_in_a_render_process(tmp_path):
+    env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "blackjax_sine.py"), "--warmup", "200",
+         "--samples", "300", "--chains", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pictures of the best fit in" in proc.stdout
+    assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"

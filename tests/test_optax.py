@@ -1,0 +1,111 @@
+"""optax with ``live_optimizer``: a vmapped multi-start Adam run in one jitted scan
+(``examples/optax_multistart.py``), and the plain loops a user writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+import jax.numpy as jnp  # noqa: E402
+from example_loader import load_example  # noqa: E402
+
+from autofit_jaxviz.optax import live_optimizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_multistart_draws_the_best_start(tmp_path):
+    example = load_example("optax_multistart")
+    summary = example.run(starts=16, steps=600, every=25, backend="thread",
+                          image=str(tmp_path / "fit.png"))
+    # the final picture is the lowest loss any start reached, even if `every` held it back
+    assert summary["drawn_loss"] == pytest.approx(summary["best_loss"], rel=1e-6)
+    # one callback per `every` updates at most, for all 16 starts together
+    assert 1 <= summary["callbacks"] <= 600 // 25 + 1
+    assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_while_loop_optimiser_draws_the_minimum(tmp_path):
+    drawn = []
+    optimizer = live_optimizer(optax.sgd(0.1), lambda best: drawn.append(best) or b"\x89PNG",
+                               every=1, image=tmp_path / "fit.png", backend="thread")
+
+    def loss_fn(p):  # minimum 1.0 at p = 3, then the loss rises again
+        return (p["w"] - 3.0) ** 2 + 1.0
+
+    @jax.jit
+    def fit(p):
+        def body(carry):
+            i, p, s = carry
+            loss, g = jax.value_and_grad(loss_fn)(p)
+            u, s = optimizer.update(g, s, p, value=loss)
+            return i + 1, optax.apply_updates(p, u), s
+        return jax.lax.while_loop(lambda c: c[0] < 40, body, (0, p, optimizer.init(p)))
+
+    _, params, state = fit({"w": jnp.float32(0.0)})
+    assert optimizer.close(state, timeout=30)
+    received = optimizer.view.sink.stats().received
+    assert 1 <= received <= 40 + 1  # at most one per update, and the final report
+    assert -optimizer.view.drawn.log_likelihood == pytest.approx(1.0, abs=1e-4)
+    assert float(optimizer.view.drawn.parameters["w"]) == pytest.approx(3.0, abs=1e-2)
+
+
+def test_a_draw_that_raises_does_not_stop_the_run(tmp_path, caplog):
+    called = threading.Event()
+
+    def draw(best):
+        called.set()
+        raise RuntimeError("no picture today")
+
+    optimizer = live_optimizer(optax.adam(0.1), draw, image=tmp_path / "fit.png",
+                               backend="thread")
+    p = {"w": jnp.zeros(3)}
+    state = optimizer.init(p)
+
+    @jax.jit
+    def step(p, state):
+        loss, g = jax.value_and_grad(lambda q: jnp.sum((q["w"] - 1.0) ** 2))(p)
+        u, state = optimizer.update(g, state, p, value=loss)
+        return optax.apply_updates(p, u), state
+
+    for _ in range(60):
+        p, state = step(p, state)
+    optimizer.close(state, timeout=30)
+    assert called.is_set() and np.allclose(np.asarray(p["w"]), 1.0, atol=0.1)
+    assert optimizer.view.stats.failed >= 1
+    assert "no picture today" in caplog.text
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(TypeError, match="needs an optax GradientTransformation.*got function"):
+        live_optimizer(lambda g: g, lambda best: None)
+    optimizer = live_optimizer(optax.adam(0.1), lambda best: None, image=tmp_path / "f.png",
+                               backend="thread")
+    state = optimizer.init({"w": jnp.zeros(2)})
+    with pytest.raises(TypeError, match="needs params and value=loss.*value=None"):
+        optimizer.update({"w": jnp.ones(2)}, state, {"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
+        live_optimizer(optax.adam(0.1), lambda best: None, every=0)
+    with pytest.raises(ValueError, match="^every must be an integer >= 1, got 'often'"):
+        live_optimizer(optax.adam(0.1), lambda best: None, every="often")
+    optimizer.close()
+
+
+@pytest.mark.slow
+def test_example_runs_in_a_render_process(tmp_path):
+    env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "optax_multistart.py"), "--steps", "500"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pictures of the best start in" in proc.stdout
+    assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
