@@ -119,6 +119,7 @@ def run(*, hook: str = "draw", chains: int = 1, warmup: int = 500, samples: int 
         nuts.close(state)
         drawn = nuts.view.drawn
         summary.update(images_during_run=during, images=nuts.view.stats.rendered,
+                       render_seconds=nuts.view.stats.mean_render_seconds,
                        callbacks=nuts.callbacks,
                        drawn_log_density=None if drawn is None else drawn.log_likelihood,
                        drawn=None if drawn is None else

@@ -100,6 +100,7 @@ def run(*, hook: str = "draw", chains: int = 1, chain_method: str = "sequential"
         drawn = kernel.view.drawn
         summary.update(
             images_during_run=during, images=kernel.view.stats.rendered,
+            render_seconds=kernel.view.stats.mean_render_seconds,
             callbacks=kernel.callbacks,
             drawn_log_density=None if drawn is None else drawn.log_likelihood,
             drawn={k: float(v) for k, v in drawn.parameters.items() if np.ndim(v) == 0}

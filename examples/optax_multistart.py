@@ -103,6 +103,7 @@ def run(*, hook: str = "draw", starts: int = 32, steps: int = 3000, points: int 
         optimizer.close(state)
         drawn = optimizer.view.drawn
         summary.update(images_during_run=during, images=optimizer.view.stats.rendered,
+                       render_seconds=optimizer.view.stats.mean_render_seconds,
                        callbacks=optimizer.view.sink.stats().received,
                        drawn_loss=None if drawn is None else -drawn.log_likelihood)
     return summary

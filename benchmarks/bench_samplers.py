@@ -1,0 +1,100 @@
+"""Other people's jitted loops with a live picture: NumPyro, BlackJAX, optax (issue #17).
+
+Each example in ``examples/`` (``numpyro_sine.py``: NumPyro's ``MCMC`` with
+NUTS; ``blackjax_sine.py``: BlackJAX's stock ``window_adaptation`` and
+``run_inference_algorithm``; ``optax_multistart.py``: Adam from 32 vmapped
+starts in one jitted scan) runs as a user runs it, a fresh interpreter per
+run, in three variants interleaved: the hook off (the plain library), on with
+a no-op draw, on with its real matplotlib draw in the render process (the
+default backend). Reported: the run's wall time (``MCMC.run`` / warm-up and
+sampling / the jitted optimisation, compilation included, as a user waits for
+it), pictures drawn while it ran, the mean time per picture, host callbacks.
+
+    python benchmarks/run.py --only samplers [--quick] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import header, min_median, table
+from bench_autofit import fmt_ratio, fmt_times, interleave
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "NumPyro NUTS (1 chain, 700 warm-up + 1,400 samples)":
+        ("numpyro_sine.py", ["--warmup", "700", "--samples", "1400"]),
+    "BlackJAX NUTS (window_adaptation 500 + run_inference_algorithm 1,000)":
+        ("blackjax_sine.py", ["--warmup", "500", "--samples", "1000"]),
+    "optax Adam (32 vmapped starts, 30,000 updates)":
+        ("optax_multistart.py", ["--steps", "30000"]),
+}
+QUICK = {"numpyro_sine.py": ["--warmup", "100", "--samples", "100"],
+         "blackjax_sine.py": ["--warmup", "100", "--samples", "100"],
+         "optax_multistart.py": ["--steps", "1000"]}
+HOOKS = ["off", "noop", "draw"]
+LABELS = {"off": "hook off", "noop": "hook on, no-op draw",
+          "draw": "hook on, real draw (render process)"}
+
+
+def run_example(script: str, args: list[str], hook: str, workdir: str) -> dict[str, Any]:
+    env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args,
+                           "--hook", hook], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} --hook {hook} exited with {proc.returncode}:\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(repeats: int = 3, quick: bool = False) -> str:
+    import tempfile
+
+    repeats = 1 if quick else repeats
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="afjv-samplers-") as workdir:
+        cases = {}
+        for name, (script, args) in CASES.items():
+            args = QUICK[script] if quick else args
+            for hook in HOOKS:
+                cases[(name, hook)] = (lambda s=script, a=args, h=hook:
+                                       run_example(s, a, h, workdir))
+        results = interleave(cases, repeats)
+    for name in CASES:
+        base = [r["seconds"] for r in results[(name, "off")]]
+        for hook in HOOKS:
+            runs = results[(name, hook)]
+            walls = [r["seconds"] for r in runs]
+            during = sorted(r.get("images_during_run", 0) for r in runs)[len(runs) // 2]
+            draws = [r["render_seconds"] for r in runs if r.get("render_seconds")]
+            calls = sorted(r.get("callbacks", 0) for r in runs)[len(runs) // 2]
+            final = [r.get("drawn_log_density", r.get("drawn_loss")) ==
+                     r.get("best_log_density", r.get("best_loss")) for r in runs
+                     if hook != "off"]
+            rows.append([name if hook == "off" else "", LABELS[hook], fmt_times(walls),
+                         fmt_ratio(walls, base), str(during) if hook != "off" else "-",
+                         f"{1000 * min_median(draws)[1]:.0f}" if draws else "-",
+                         str(calls) if hook != "off" else "-",
+                         f"{sum(final)} of {len(final)}" if final else "-"])
+    command = "python benchmarks/run.py --only samplers" + (" --quick" if quick else "")
+    return (header("NumPyro, BlackJAX and optax runs with a live picture", command)
+            + f"\nThe examples in `examples/`, each run in a fresh interpreter, "
+            f"{repeats} repeat(s), variants interleaved; wall time of the run itself "
+            "(compilation included).\n\n"
+            + table(["run", "variant", "wall s (min / median)", "vs hook off (min / median)",
+                     "pictures during the run (median)", "ms per picture (median)",
+                     "host callbacks (median)", "last picture is the run's best"], rows))
+
+
+if __name__ == "__main__":
+    print(run(quick="--quick" in sys.argv))
