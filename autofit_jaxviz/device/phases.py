@@ -14,8 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from autofit_jaxviz.device.batching import emitter, host_callback
 from autofit_jaxviz.device.lazy_jax import load_jax
-from autofit_jaxviz.device.tracker import BestFitTracker, TrackerState, _positive_int
+from autofit_jaxviz.device.packing import HEADER, ParamSpec
+from autofit_jaxviz.device.tracker import (
+    BestFitTracker,
+    TrackerState,
+    _positive_int,
+    _transformed,
+)
 from autofit_jaxviz.host.sink import HostSink
 from autofit_jaxviz.payload import BestFit
 
@@ -24,16 +33,17 @@ if TYPE_CHECKING:
 
 
 class PhasedTracker:
-    """Two trackers over one carried state: warm-up reports thinned by ``every``,
-    sampling reports on every improvement (rare once the chain has converged)."""
+    """One carried tracker state, two sinks: warm-up reports thinned to the steps
+    where ``(step + 1) % every == 0`` (the same steps in every vmapped chain, so
+    they reduce to one callback), sampling reports on every improvement (rare
+    once the chain has converged). One ``lax.cond`` per step for both phases:
+    the phase travels as one flag in the packed payload and the host routes it
+    to its sink, so the transform and the callback are compiled once."""
 
     def __init__(self, view: LiveView, *, every: int = 1) -> None:
-        every = _positive_int("every", every)
+        self.every = _positive_int("every", every)
         self.view = view
-        # check_every: vmapped chains count steps together, so their thinned
-        # reports fall on the same steps and reduce to one callback
-        self.warmup = BestFitTracker(HostSink(self._warmup_best, name=view.name),
-                                     check_every=every)
+        self.warmup = BestFitTracker(HostSink(self._warmup_best, name=view.name))
         self.sampling = BestFitTracker(view.sink)
 
     def _warmup_best(self, best: BestFit) -> None:
@@ -66,8 +76,35 @@ class PhasedTracker:
         tracker = _restart_where(jnp.asarray(restart), tracker)
         tracker = self.warmup.track(tracker, parameters, score)
         step = tracker.step - 1
-        tracker = self.warmup._maybe_report(tracker, step, transform=transform, when=~sampling)
-        return self.sampling._maybe_report(tracker, step, transform=transform, when=sampling)
+        improved = tracker.best_log_likelihood > tracker.reported_log_likelihood
+        pred = improved & (sampling | ((step + 1) % self.every == 0))
+        spec, prepare = _transformed(tracker.spec, transform)
+        best = tracker.best_parameters
+        flagged = jnp.concatenate([sampling.astype(best.dtype)[None], best])
+
+        def prepare_flagged(flat: Any) -> Any:
+            out = flat[1:] if prepare is None else prepare(flat[1:])
+            return jnp.concatenate([flat[:1].astype(out.dtype), out])
+
+        emitter(self._router(spec), prepare_flagged)(
+            pred, tracker.best_log_likelihood, tracker.best_step, flagged)
+        return tracker._replace(
+            reported_log_likelihood=jnp.where(
+                pred, tracker.best_log_likelihood, tracker.reported_log_likelihood),
+            last_report_step=jnp.where(pred, step, tracker.last_report_step),
+        )
+
+    def _router(self, spec: ParamSpec) -> Callable[[Any], None]:
+        """The host end: strip the phase flag, hand the payload to its phase's sink."""
+        to_warmup = host_callback(self.warmup.sink, spec, device_step=True, final=False)
+        to_sampling = host_callback(self.sampling.sink, spec, device_step=True, final=False)
+
+        def route(packed: Any) -> None:
+            flat = np.asarray(packed).reshape(-1)
+            payload = np.concatenate([flat[:HEADER], flat[HEADER + 1:]])
+            (to_sampling if flat[HEADER] > 0.5 else to_warmup)(payload)
+
+        return route
 
 
 def _restart_where(restart: Any, tracker: TrackerState) -> TrackerState:
