@@ -109,3 +109,44 @@ def test_example_runs_in_a_render_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pictures of the best start in" in proc.stdout
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_in_a_notebook_one_image_updates_in_place_in_the_running_cell(tmp_path):
+    from importlib.metadata import version
+
+    from test_display import KernelFlavour, run_notebook
+
+    fit = """
+        import jax, jax.numpy as jnp, optax
+        from matplotlib.figure import Figure
+        from autofit_jaxviz.optax import live_optimizer
+
+        def draw(best):                      # defined in the notebook: sent by value
+            fig = Figure(figsize=(3, 2))
+            fig.add_subplot().set_title(f"loss {-best.log_likelihood:.4f}")
+            return fig
+
+        optimizer = live_optimizer(optax.adam(0.05), draw, every=10)
+        def loss_fn(p):
+            return jnp.sum((p["w"] - jnp.arange(3.0)) ** 2)
+        def step(carry, _):
+            p, s = carry
+            loss, g = jax.value_and_grad(loss_fn)(p)
+            u, s = optimizer.update(g, s, p, value=loss)
+            return (optax.apply_updates(p, u), s), loss
+        p0 = {"w": jnp.zeros(3)}
+        (p, state), losses = jax.jit(lambda p: jax.lax.scan(
+            step, (p, optimizer.init(p)), None, length=300))(p0)
+        done = optimizer.close(state)
+    """
+    after = "print('images', done, optimizer.view.stats.rendered, optimizer.view.worker.backend)"
+    run = run_notebook(tmp_path, KernelFlavour("venv", version("ipykernel"), ()),
+                       [("fit", fit), ("after", after)], env={})
+    outputs = run.cells["fit"].outputs
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 1 and len(outputs) == 1, outputs
+    assert len(run.messages("update_display_data")) >= 1
+    printed = "".join(o.get("text", "") for o in run.cells["after"].outputs)
+    assert "images True" in printed and "process" in printed and not any(
+        "image/png" in o.get("data", {}) for o in run.cells["after"].outputs)
