@@ -23,12 +23,13 @@ sampling returns. ``jax.vmap`` over chains calls back once per step at most.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from autofit_jaxviz.device.lazy_jax import load_jax
 from autofit_jaxviz.device.phases import PhasedTracker
-from autofit_jaxviz.device.tracker import TrackerState
+from autofit_jaxviz.device.tracker import TrackerState, _positive_int
 from autofit_jaxviz.live import LiveView
 from autofit_jaxviz.payload import BestFit
 
@@ -59,13 +60,13 @@ class LiveAlgorithm:
 
     def __init__(self, algorithm: Any, view: LiveView, *, every: int = 1,
                  transform: Callable[[Any], Any] | None = None) -> None:
-        for needed in ("init", "build_kernel"):
-            if not callable(getattr(algorithm, needed, None)):
-                raise TypeError(
-                    f"live_algorithm needs a BlackJAX algorithm such as blackjax.nuts (with "
-                    f"init and build_kernel), got {type(algorithm).__name__}: {algorithm!r}")
-        if transform is not None and not callable(transform):
-            raise TypeError(f"transform must be a function of the position, got {transform!r}")
+        _check_algorithm(algorithm, transform)
+        # BlackJAX's adaptation reads build_kernel's and the kernel's signatures
+        # (which integrator / extra parameters to pass): show it the algorithm's own
+        def build_kernel(*args: Any, **kwargs: Any) -> Callable[..., tuple[LiveState, Any]]:
+            return self._build_kernel(*args, **kwargs)
+
+        self.build_kernel = functools.wraps(algorithm.build_kernel)(build_kernel)
         self.algorithm = algorithm
         self.view = view
         self.transform = transform
@@ -90,10 +91,11 @@ class LiveAlgorithm:
             restart=~state.sampling if sampling else False, transform=self.transform)
         return LiveState(inner, tracker, jnp.bool_(sampling))
 
-    def build_kernel(self, *args: Any, **kwargs: Any) -> Callable[..., tuple[LiveState, Any]]:
+    def _build_kernel(self, *args: Any, **kwargs: Any) -> Callable[..., tuple[LiveState, Any]]:
         """The warm-up's kernel: what ``window_adaptation`` steps."""
         kernel = self.algorithm.build_kernel(*args, **kwargs)
 
+        @functools.wraps(kernel)
         def live_kernel(rng_key: Any, state: LiveState, *rest: Any, **options: Any) -> Any:
             inner, info = kernel(rng_key, _inner_of(state), *rest, **options)
             return self._follow(state, inner, sampling=False), info
@@ -111,8 +113,8 @@ class LiveAlgorithm:
             return LiveState(inner, self._phases.init(inner.position, inner.logdensity),
                              jnp.bool_(False))
 
-        def step(rng_key: Any, state: LiveState) -> tuple[LiveState, Any]:
-            inner, info = sampler.step(rng_key, _inner_of(state))
+        def step(rng_key: Any, state: LiveState, *args: Any, **kwargs: Any) -> Any:
+            inner, info = sampler.step(rng_key, _inner_of(state), *args, **kwargs)
             return self._follow(state, inner, sampling=True), info
 
         return SamplingAlgorithm(init, step)
@@ -124,6 +126,16 @@ class LiveAlgorithm:
 
     def __repr__(self) -> str:
         return f"LiveAlgorithm({self.algorithm!r}, view={self.view!r})"
+
+
+def _check_algorithm(algorithm: Any, transform: Any) -> None:
+    for needed in ("init", "build_kernel"):
+        if not callable(getattr(algorithm, needed, None)):
+            raise TypeError(
+                f"live_algorithm needs a BlackJAX algorithm such as blackjax.nuts (with "
+                f"init and build_kernel), got {type(algorithm).__name__}: {algorithm!r}")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be a function of the position, got {transform!r}")
 
 
 def _inner_of(state: Any) -> Any:
@@ -145,6 +157,8 @@ def live_algorithm(algorithm: Any, draw: Callable[[BestFit], Any], *, every: int
     that found it (counted from the start of the warm-up). ``every`` thins
     warm-up reports; ``view_options`` go to :class:`~autofit_jaxviz.live.LiveView`.
     """
+    _check_algorithm(algorithm, transform)
+    _positive_int("every", every)
     name = getattr(algorithm, "__name__", None) or type(algorithm).__name__
     view_options.setdefault("name", f"live[{name}]")
     return LiveAlgorithm(algorithm, LiveView(draw, **view_options), every=every,

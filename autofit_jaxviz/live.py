@@ -81,6 +81,10 @@ class LiveView:
     backend, render_budget, min_render_interval, preview_dpi, notebook_display, shutdown_timeout
         As in ``config/general.yaml``; ``None`` takes the configured value
         (keyword > ``AUTOFIT_JAXVIZ_*`` environment > workspace > packaged).
+
+    One view draws one run: its best persists, so a second run through the
+    same view only shows fits better than the first's; after :meth:`close`
+    build a new one.
     """
 
     def __init__(
@@ -148,15 +152,14 @@ class LiveView:
         """
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        if wait_for is not None:
-            _block_until_ready(wait_for, timeout)
-        effects_barrier(max(0.0, deadline - time.monotonic()))
+        done = _block_until_ready(wait_for, timeout) if wait_for is not None else True
+        done = effects_barrier(max(0.0, deadline - time.monotonic())) and done
         self.sink.flush()
         best = self.sink.best
         if best is not None:
             final = FinalFit(best.log_likelihood, best.parameters, best.step, best.created)
             self.worker.submit(final, final=True)
-        return self.worker.shutdown(max(0.0, deadline - time.monotonic()))
+        return self.worker.shutdown(max(0.0, deadline - time.monotonic())) and done
 
     def __enter__(self) -> LiveView:
         return self

@@ -4,7 +4,7 @@
 
     kernel = live_kernel(NUTS(model), draw)          # the one line
     MCMC(kernel, num_warmup=500, num_samples=1000).run(key, x, y)
-    kernel.close()                                   # optional: wait, full-dpi final
+    kernel.close(mcmc)                               # wait for the run, full-dpi final
 
 The wrapper runs the user's kernel unchanged and carries a
 :class:`~autofit_jaxviz.BestFitTracker` beside its state, inside NumPyro's own
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from autofit_jaxviz.device.lazy_jax import load_jax
 from autofit_jaxviz.device.phases import PhasedTracker
-from autofit_jaxviz.device.tracker import TrackerState
+from autofit_jaxviz.device.tracker import TrackerState, _positive_int
 from autofit_jaxviz.live import LiveView
 from autofit_jaxviz.payload import BestFit
 
@@ -39,16 +39,27 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 
-class LiveState(NamedTuple):
+class _LiveFields(NamedTuple):
+    inner: Any
+    tracker: TrackerState
+
+
+class LiveState(_LiveFields):
     """The wrapped kernel's state and the tracker beside it.
 
     Attribute reads the state does not have go to the kernel's own state, so
     NumPyro's field collection (``z``, ``potential_energy``,
-    ``adapt_state.step_size``...) and ``mcmc.last_state.z`` work as before.
+    ``adapt_state.step_size``...) and ``mcmc.last_state.z`` work as before;
+    ``_replace`` of the kernel's fields (``MCMC.run`` after ``warmup()`` or
+    with ``post_warmup_state`` sets ``rng_key``) replaces them in its state.
     """
 
-    inner: Any
-    tracker: TrackerState
+    __slots__ = ()
+
+    def _replace(self, **changes: Any) -> LiveState:
+        inner = changes.pop("inner", self.inner)
+        tracker = changes.pop("tracker", self.tracker)
+        return LiveState(inner._replace(**changes) if changes else inner, tracker)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -65,14 +76,7 @@ class LiveKernel(MCMCKernel):
     """
 
     def __init__(self, kernel: MCMCKernel, view: LiveView, *, every: int = 1) -> None:
-        if not isinstance(kernel, MCMCKernel):
-            raise TypeError(
-                f"live_kernel needs a NumPyro MCMCKernel (NUTS, HMC, SA, BarkerMH...), "
-                f"got {type(kernel).__name__}: {kernel!r}")
-        if kernel.is_ensemble_kernel:
-            raise TypeError(
-                f"live_kernel: ensemble kernels ({type(kernel).__name__}) are not supported; "
-                "their state holds many walkers, use NUTS, HMC, SA or BarkerMH")
+        _check_kernel(kernel)
         self.inner = kernel
         self.view = view
         self._phases = PhasedTracker(view, every=every)
@@ -170,6 +174,17 @@ class LiveKernel(MCMCKernel):
         return f"LiveKernel({self.inner!r}, view={self.view!r})"
 
 
+def _check_kernel(kernel: Any) -> None:
+    if not isinstance(kernel, MCMCKernel):
+        raise TypeError(
+            f"live_kernel needs a NumPyro MCMCKernel (NUTS, HMC, SA, BarkerMH...), "
+            f"got {type(kernel).__name__}: {kernel!r}")
+    if kernel.is_ensemble_kernel:
+        raise TypeError(
+            f"live_kernel: ensemble kernels ({type(kernel).__name__}) are not supported; "
+            "their state holds many walkers, use NUTS, HMC, SA or BarkerMH")
+
+
 def live_kernel(kernel: MCMCKernel, draw: Callable[[BestFit], Any], *, every: int = 1,
                 **view_options: Any) -> LiveKernel:
     """Wrap a NumPyro kernel so that ``draw(best)`` shows its best state while it runs.
@@ -180,5 +195,7 @@ def live_kernel(kernel: MCMCKernel, draw: Callable[[BestFit], Any], *, every: in
     :class:`~autofit_jaxviz.live.LiveView` (``image``, ``backend``,
     ``render_budget``, ``preview_dpi``...).
     """
+    _check_kernel(kernel)
+    _positive_int("every", every)
     view_options.setdefault("name", f"live[{type(kernel).__name__}]")
     return LiveKernel(kernel, LiveView(draw, **view_options), every=every)

@@ -70,7 +70,7 @@ class LiveOptimizer(optax.GradientTransformationExtraArgs):
                 tracker = jax.tree.map(lambda leaf: leaf[best], tracker)
             if bool(jnp.isfinite(tracker.best_log_likelihood)):
                 self.tracker.report_final(tracker)  # concrete: straight to the sink
-        return self.view.close(timeout)
+        return self.view.close(timeout, wait_for=state)
 
 
 def live_optimizer(optimizer: optax.GradientTransformation, draw: Callable[[BestFit], Any], *,

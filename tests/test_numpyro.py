@@ -104,6 +104,22 @@ def test_sample_adaptive_kernel_and_warmup_thinning(tmp_path):
     assert 1 <= warmup_callbacks <= WARMUP // 50 + 1
 
 
+def test_warmup_then_run_and_post_warmup_state(tmp_path):
+    draw = Recorder()
+    kernel = live_kernel(NUTS(line_model), draw, image=tmp_path / "fit.png", backend="thread")
+    x, y = line_data()
+    mcmc = MCMC(kernel, num_warmup=WARMUP, num_samples=SAMPLES, progress_bar=False)
+    mcmc.warmup(jax.random.PRNGKey(0), x, y=y)  # NumPyro's _replace(rng_key=...) on our state
+    mcmc.run(jax.random.PRNGKey(1), x, y=y, extra_fields=("potential_energy",))
+    mcmc.post_warmup_state = mcmc.last_state
+    assert isinstance(mcmc.post_warmup_state, LiveState)
+    assert kernel.close(mcmc, timeout=60)
+    log_density, _ = best_sample(mcmc)
+    assert draw.fits[-1].log_likelihood == pytest.approx(log_density, rel=1e-6)
+    assert mcmc.last_state._replace(rng_key=jax.random.PRNGKey(2)).tracker is \
+        mcmc.last_state.tracker
+
+
 def test_a_draw_that_raises_does_not_stop_the_run(tmp_path, caplog):
     draw = Recorder(fail=True)
     kernel = live_kernel(NUTS(line_model), draw, image=tmp_path / "fit.png", backend="thread")
@@ -122,6 +138,8 @@ def test_bad_kernels_are_named():
         live_kernel(AIES(line_model), Recorder())
     with pytest.raises(TypeError, match="draw must be callable"):
         live_kernel(NUTS(line_model), "draw")
+    with pytest.raises(ValueError, match="every must be an integer >= 1, got -1"):
+        live_kernel(NUTS(line_model), Recorder(), every=-1)
 
 
 def _example(tmp_path: Path, *args: str) -> dict:

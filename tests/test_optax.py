@@ -35,10 +35,13 @@ def test_multistart_draws_the_best_start(tmp_path):
 
 def test_while_loop_optimiser_draws_the_minimum(tmp_path):
     drawn = []
-    optimizer = live_optimizer(optax.sgd(0.1), lambda best: drawn.append(best) or b"\x89PNG",
+    # with momentum the iterate overshoots the minimum and oscillates round it,
+    # so the last update is not the best one
+    optimizer = live_optimizer(optax.sgd(0.3, momentum=0.9),
+                               lambda best: drawn.append(best) or b"\x89PNG",
                                every=1, image=tmp_path / "fit.png", backend="thread")
 
-    def loss_fn(p):  # minimum 1.0 at p = 3, then the loss rises again
+    def loss_fn(p):  # minimum 1.0 at w = 3
         return (p["w"] - 3.0) ** 2 + 1.0
 
     @jax.jit
@@ -52,10 +55,17 @@ def test_while_loop_optimiser_draws_the_minimum(tmp_path):
 
     _, params, state = fit({"w": jnp.float32(0.0)})
     assert optimizer.close(state, timeout=30)
+    # the losses the loop saw, replayed: the picture is their minimum, not the last
+    w, velocity, seen = 0.0, 0.0, []
+    for _ in range(40):
+        seen.append((w - 3.0) ** 2 + 1.0)
+        velocity = 0.9 * velocity + 2 * (w - 3.0)
+        w -= 0.3 * velocity
+    assert min(seen) < seen[-1]
+    assert -optimizer.view.drawn.log_likelihood == pytest.approx(min(seen), rel=1e-4)
     received = optimizer.view.sink.stats().received
-    assert 1 <= received <= 40 + 1  # at most one per update, and the final report
-    assert -optimizer.view.drawn.log_likelihood == pytest.approx(1.0, abs=1e-4)
-    assert float(optimizer.view.drawn.parameters["w"]) == pytest.approx(3.0, abs=1e-2)
+    improvements = sum(loss < min(seen[:i], default=np.inf) for i, loss in enumerate(seen))
+    assert received <= improvements + 1  # a callback per improvement, and the final report
 
 
 def test_a_draw_that_raises_does_not_stop_the_run(tmp_path, caplog):

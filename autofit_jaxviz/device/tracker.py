@@ -291,12 +291,11 @@ class BestFitTracker:
         """Push the best after the loop, bypassing ``every``, ``check_every`` and ``min_seconds``.
 
         Inside ``jit`` it is one more callback. Outside (a concrete state) it calls
-        the sink directly, so the final best has been handed on when it returns;
-        a ``transform`` is then run once, as a jitted call, on this thread.
+        the sink directly, so the final best has been handed on when it returns
+        (a ``transform`` is then run once, jitted, on this thread, before the
+        sink is called).
         """
         jax, jnp, _ = load_jax()
-        if transform is not None and not is_tracer(state.best_log_likelihood):
-            return jax.jit(lambda s: self.report_final(s, transform=transform))(state)
         spec, prepare = _transformed(state.spec, transform)
         host = host_callback(self.sink, spec, device_step=True, final=True)
         if not any(is_tracer(x) for x in (state.best_log_likelihood, state.best_parameters)):
@@ -307,7 +306,9 @@ class BestFitTracker:
                     f"{ll.shape}); call it on one state, or inside the vmapped function"
                 )
             step = int(np.asarray(state.best_step))
-            flat = np.asarray(state.best_parameters)
+            flat = np.asarray(
+                state.best_parameters if prepare is None else jax.jit(prepare)(
+                    state.best_parameters))
             dtype = np.result_type(flat.dtype, ll.dtype)
             header = np.array([ll, step // STEP_SPLIT, step % STEP_SPLIT], dtype)
             host(np.concatenate([header, flat.astype(dtype)]))
