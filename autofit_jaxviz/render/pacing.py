@@ -5,6 +5,12 @@ that cost ``c`` seconds (the mean of the last few, so one cheap picture does
 not open the gate for a burst), the next waits ``c * (1 - b) / b`` from the
 end of the last. ``min_interval`` counts from the last start; the later of the
 two applies. The worker skips both for a flush, a shutdown or a final payload.
+
+The first render does not gate: it pays one-off set-up (imports, fonts, and in
+a fresh render process a JAX compile of the visualizer's fit: 9 s against
+1-2 s for the later autogalaxy pictures, BENCHMARKS.md), and averaging it in
+held the next pictures back by half a minute. The budget uses the costs from
+the second render on.
 """
 
 from __future__ import annotations
@@ -21,21 +27,26 @@ class RenderPace:
     def __init__(self, min_interval: float = 0.0, budget: float = 1.0) -> None:
         self.min_interval = float(min_interval)
         self.budget = float(budget)
-        self.first_start: float | None = None
+        self.first_start: float | None = None  # of the second render: the steady state
         self.last_start = float("-inf")
         self.last_end = float("-inf")
-        self.total = 0.0  # seconds spent rendering, every render
+        self.total = 0.0  # seconds spent rendering, from the second render on
+        self.renders = 0
+        self._last_cost = 0.0
         self._recent: collections.deque[float] = collections.deque(maxlen=RECENT_RENDERS)
 
     def started(self, when: float) -> None:
         self.last_start = when
-        if self.first_start is None:
+        if self.first_start is None and self.renders >= 1:
             self.first_start = when
 
     def finished(self, started: float, ended: float) -> None:
         self.last_end = ended
-        self.total += ended - started
-        self._recent.append(ended - started)
+        self.renders += 1
+        self._last_cost = ended - started
+        if self.renders > 1:  # the first one paid the set-up
+            self.total += ended - started
+            self._recent.append(ended - started)
 
     def next_start(self) -> float:
         start = self.last_start + self.min_interval
@@ -45,11 +56,12 @@ class RenderPace:
         return start
 
     def share(self) -> float:
-        """Rendering's share of wall time over the complete cycles (each render
-        and the wait after it, from the first start to the last start)."""
+        """Rendering's share of wall time over the complete cycles of the steady
+        state (each render and the wait after it, from the second render's start
+        to the last start; the first render's set-up is not what the budget limits)."""
         first, last = self.first_start, self.last_start
-        if first is None or not last > first or not self._recent:
+        if first is None or not last > first or self.renders < 2:
             return 0.0
         # the last render, once finished, has no wait after it yet
         finished_last = self.last_end >= last
-        return (self.total - (self._recent[-1] if finished_last else 0.0)) / (last - first)
+        return (self.total - (self._last_cost if finished_last else 0.0)) / (last - first)

@@ -57,8 +57,8 @@ class WorkerStats:
     #: submits dropped because they ranked below a payload already accepted
     outranked: int = 0
     #: the share of wall time spent rendering, over the completed cycles (each
-    #: render and the wait after it, from the first start to the last start):
-    #: what ``render_budget`` limits
+    #: render and the wait after it) from the second render's start to the last
+    #: start: what ``render_budget`` limits (the first render's set-up is not)
     render_share: float = 0.0
 
 
