@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CADENCE = 1000
 NLIVE, MAXCALL = 50, 40000
 VARIANTS = ["none", "sync", "autofit-bg", "autofit-bg-patched", "thread-old", "process-old",
-            "thread", "process"]
+            "thread", "process", "process-b50"]
 LABELS = {
     "none": "no quick updates",
     "sync": "autofit synchronous",
@@ -46,7 +46,10 @@ LABELS = {
     "process-old": "autofit_jaxviz process, old settings (no budget, full dpi)",
     "thread": "autofit_jaxviz thread, new defaults",
     "process": "autofit_jaxviz process, new defaults",
+    "process-b50": "autofit_jaxviz process, new defaults but render_budget 0.5",
 }
+#: the settings each of this library's variants changes from the defaults
+OPTIONS = {"-old": {"render_budget": 1.0, "preview_dpi": 0}, "-b50": {"render_budget": 0.5}}
 
 
 def galaxy_fit(variant: str, nlive: int, cadence: int, maxcall: int) -> dict[str, Any]:
@@ -79,8 +82,8 @@ def galaxy_fit(variant: str, nlive: int, cadence: int, maxcall: int) -> dict[str
         import autofit_jaxviz.autofit as live
         import autofit_jaxviz.autofit.hub as hub_module
 
-        old = {"render_budget": 1.0, "preview_dpi": 0} if variant.endswith("-old") else {}
-        live.enable(background=True, backend=variant.removesuffix("-old"), **old)
+        backend, _, suffix = variant.partition("-")
+        live.enable(background=True, backend=backend, **OPTIONS.get("-" + suffix, {}))
         original_close = hub_module.Hub.close
 
         def close(hub, *args):  # when the search stops: what was drawn while it ran
