@@ -3,22 +3,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 jax = pytest.importorskip("jax")
 blackjax = pytest.importorskip("blackjax")
 import jax.numpy as jnp  # noqa: E402
-from example_loader import load_example  # noqa: E402
+from example_loader import load_example, run_example_script  # noqa: E402
 
 from autofit_jaxviz.blackjax import live_algorithm  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("chains", [1, 3])
@@ -73,12 +67,8 @@ def test_bad_arguments_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_example_runs_in_a_render_process(tmp_path):
-    env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "blackjax_sine.py"), "--warmup", "200",
-         "--samples", "300", "--chains", "2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "pictures of the best fit in" in proc.stdout
+    stdout, summary = run_example_script("blackjax_sine", tmp_path, "--warmup", "200",
+                                         "--samples", "300", "--chains", "2")
+    assert summary["drawn_log_density"] == pytest.approx(summary["best_log_density"], rel=1e-6)
+    assert "pictures of the best fit in" in stdout
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +10,12 @@ import pytest
 jax = pytest.importorskip("jax")
 numpyro = pytest.importorskip("numpyro")
 dist = pytest.importorskip("numpyro.distributions")
+from example_loader import run_example_script  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from numpyro.infer import AIES, MCMC, NUTS, SA  # noqa: E402
 
 from autofit_jaxviz.numpyro import LiveState, live_kernel  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 WARMUP, SAMPLES = 150, 200
 
 
@@ -142,21 +137,12 @@ def test_bad_kernels_are_named():
         live_kernel(NUTS(line_model), Recorder(), every=-1)
 
 
-def _example(tmp_path: Path, *args: str) -> dict:
-    env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "numpyro_sine.py"), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("chains", [["--chain-method", "sequential"],
                                     ["--chains", "2", "--chain-method", "parallel"]])
 def test_example_draws_the_best_sample_in_a_render_process(tmp_path, chains):
-    summary = _example(tmp_path, *chains, "--warmup", "200", "--samples", "300")
+    _, summary = run_example_script("numpyro_sine", tmp_path, *chains, "--warmup", "200",
+                                    "--samples", "300")
     assert summary["drawn_log_density"] == pytest.approx(summary["best_log_density"], rel=1e-6)
     assert summary["drawn"] == pytest.approx(summary["best"], rel=1e-5)
     assert summary["images"] >= 1 and summary["callbacks"] < 200

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +11,9 @@ import pytest
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 import jax.numpy as jnp  # noqa: E402
-from example_loader import load_example  # noqa: E402
+from example_loader import load_example, run_example_script  # noqa: E402
 
 from autofit_jaxviz.optax import live_optimizer  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_multistart_draws_the_best_start(tmp_path):
@@ -111,13 +105,9 @@ def test_bad_arguments_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_example_runs_in_a_render_process(tmp_path):
-    env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "optax_multistart.py"), "--steps", "500"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "pictures of the best start in" in proc.stdout
+    stdout, summary = run_example_script("optax_multistart", tmp_path, "--steps", "500")
+    assert summary["drawn_loss"] == pytest.approx(summary["best_loss"], rel=1e-6)
+    assert "pictures of the best start in" in stdout
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
 
 
