@@ -9,9 +9,7 @@ callback the finished computation dispatched and draws the final best.
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,15 +17,14 @@ from typing import Any
 
 from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import load_settings
-from autofit_jaxviz.device.lazy_jax import effects_barrier, load_jax
+from autofit_jaxviz.device.lazy_jax import block_until_ready, effects_barrier
 from autofit_jaxviz.host.sink import HostSink
+from autofit_jaxviz.notebook import display_for_run
 from autofit_jaxviz.payload import BestFit
 from autofit_jaxviz.render.png import write_png_atomically
 from autofit_jaxviz.render.preview import preview_dpi
 from autofit_jaxviz.render.pyplot import PyplotGuarded
 from autofit_jaxviz.render.worker import QuickUpdateWorker, WorkerStats
-
-logger = logging.getLogger(__name__)
 
 
 class FigureRender:
@@ -112,7 +109,7 @@ class LiveView:
         self.image = Path(image).resolve()
         self.name = name
         render: Callable[[BestFit], Any] = FigureRender(draw, self.image, settings.preview_dpi)
-        display = _notebook_display(settings.notebook_display)
+        display = display_for_run(settings.notebook_display)
         if display is not None:
             render = display.wrap_render(render, guard_pyplot=settings.backend != "process")
         elif settings.backend == "thread":
@@ -152,7 +149,7 @@ class LiveView:
         """
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        done = _block_until_ready(wait_for, timeout) if wait_for is not None else True
+        done = block_until_ready(wait_for, timeout) if wait_for is not None else True
         done = effects_barrier(max(0.0, deadline - time.monotonic())) and done
         self.sink.flush()
         best = self.sink.best
@@ -169,29 +166,3 @@ class LiveView:
 
     def __repr__(self) -> str:
         return f"LiveView(image={str(self.image)!r}, backend={self.worker.backend!r})"
-
-
-def _block_until_ready(tree: Any, timeout: float) -> bool:
-    """``jax.block_until_ready(tree)``, at most ``timeout`` seconds; never raises."""
-    jax, _, _ = load_jax()
-
-    def wait() -> None:
-        try:
-            jax.block_until_ready(tree)
-        except Exception:  # noqa: BLE001 - a failed run: its error is the caller's to see
-            logger.debug("%r: waiting for the run failed", tree, exc_info=True)
-
-    waiter = threading.Thread(target=wait, name="live-view-wait", daemon=True)
-    waiter.start()
-    waiter.join(max(0.0, timeout))
-    return not waiter.is_alive()
-
-
-def _notebook_display(enabled: bool) -> Any:
-    """One live image in the running cell, when in a Jupyter kernel."""
-    from autofit_jaxviz.notebook import NotebookDisplay, in_kernel
-
-    if not enabled or not in_kernel():
-        return None
-    display = NotebookDisplay()
-    return display if display.enabled else None

@@ -325,3 +325,18 @@ def _describe(png: object) -> str:
     if isinstance(png, bytes | bytearray):
         return f"{len(png)} bytes"
     return repr(os.fspath(png)) if isinstance(png, str | os.PathLike) else repr(png)
+
+
+def display_for_run(enabled: bool) -> NotebookDisplay | None:
+    """One live image in the running cell, when in a kernel and not switched off
+    (the PyAutoFit hub and :class:`~autofit_jaxviz.live.LiveView` both use it)."""
+    from autofit_jaxviz.config import ConfigError
+
+    if not enabled or not in_kernel():
+        return None
+    try:
+        display = NotebookDisplay()
+    except ConfigError as error:  # the variable changed after the settings were read
+        logger.warning("notebook display off: %s", error)
+        return None
+    return display if display.enabled else None

@@ -20,7 +20,7 @@ import numpy as np
 from autofit_jaxviz.autofit.pool import PoolForwarder
 from autofit_jaxviz.autofit.render import PYPLOT_LOCK, AutofitRender, ResultFit
 from autofit_jaxviz.backends import Backend
-from autofit_jaxviz.config import ConfigError, Settings
+from autofit_jaxviz.config import Settings
 from autofit_jaxviz.device.lazy_jax import effects_barrier
 from autofit_jaxviz.flags import log_backend_decision, needs_host_conversion
 from autofit_jaxviz.payload import BestFit
@@ -50,7 +50,9 @@ class Hub:
         self.backend: Backend = log_backend_decision(settings, fitness.analysis, logger).backend
         render_args = (fitness.analysis, fitness.model, fitness.paths)
         convert = needs_host_conversion(fitness.analysis)
-        display = _notebook_display(settings)
+        from autofit_jaxviz.notebook import display_for_run
+
+        display = display_for_run(settings.notebook_display)
         render: Callable[[BestFit], Any]
         if self.backend == "process":
             # serialized here, once: whether it can be sent is known before the fit
@@ -251,20 +253,6 @@ def _say_thread(name: str, reason: str, chosen: bool) -> None:
     level = logging.WARNING if chosen else logging.INFO
     logger.log(level, "%s: rendering in a thread, not in a render process%s, because %s",
                name, "" if chosen else " (the default)", reason)
-
-
-def _notebook_display(settings: Settings) -> Any:
-    """One live image in the fit's cell, when in a kernel and not switched off."""
-    from autofit_jaxviz.notebook import NotebookDisplay, in_kernel
-
-    if not settings.notebook_display or not in_kernel():
-        return None
-    try:
-        display = NotebookDisplay()
-    except ConfigError as error:  # the variable changed after enable() checked it
-        logger.warning("notebook display off: %s", error)
-        return None
-    return display if display.enabled else None
 
 
 def hub_for(fitness: Any) -> Hub | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 
 @functools.cache
@@ -32,17 +34,33 @@ def effects_barrier(timeout: float | None = None) -> bool:
     barrier = getattr(jax, "effects_barrier", None)
     if barrier is None:
         return True
+    return _bounded(barrier, timeout, "jax-effects-barrier")
 
-    def wait() -> None:
+
+def block_until_ready(tree: Any, timeout: float | None = None) -> bool:
+    """``jax.block_until_ready(tree)`` (a run's result), at most ``timeout``
+    seconds; never raises. ``effects_barrier`` alone does not wait for a
+    ``pmap`` computation still in flight (measured, JAX 0.11.2)."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return True
+    return _bounded(lambda: jax.block_until_ready(tree), timeout, "jax-block-until-ready")
+
+
+def _bounded(wait: Callable[[], Any], timeout: float | None, name: str) -> bool:
+    """Run ``wait`` for at most ``timeout`` seconds (on a daemon thread when
+    bounded); its errors are swallowed. Returns whether it finished."""
+
+    def run() -> None:
         try:
-            barrier()
-        except Exception:  # noqa: BLE001 - JAX already torn down at interpreter exit
+            wait()
+        except Exception:  # noqa: BLE001 - JAX torn down at exit, or the run itself failed
             pass
 
     if timeout is None:
-        wait()
+        run()
         return True
-    waiter = threading.Thread(target=wait, name="jax-effects-barrier", daemon=True)
+    waiter = threading.Thread(target=run, name=name, daemon=True)
     waiter.start()
     waiter.join(max(0.0, timeout))
     return not waiter.is_alive()
