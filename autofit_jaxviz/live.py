@@ -23,6 +23,7 @@ from autofit_jaxviz.notebook import display_for_run
 from autofit_jaxviz.payload import BestFit
 from autofit_jaxviz.render.png import write_png_atomically
 from autofit_jaxviz.render.preview import preview_dpi
+from autofit_jaxviz.render.process import ProcessRender
 from autofit_jaxviz.render.pyplot import PyplotGuarded
 from autofit_jaxviz.render.worker import QuickUpdateWorker, WorkerStats
 
@@ -108,12 +109,19 @@ class LiveView:
         self.settings = settings
         self.image = Path(image).resolve()
         self.name = name
-        render: Callable[[BestFit], Any] = FigureRender(draw, self.image, settings.preview_dpi)
+        base = FigureRender(draw, self.image, settings.preview_dpi)
         display = display_for_run(settings.notebook_display)
-        if display is not None:
-            render = display.wrap_render(render, guard_pyplot=settings.backend != "process")
-        elif settings.backend == "thread":
-            render = PyplotGuarded(render)
+        # in a thread: pyplot kept private to it (and, in a notebook, output kept in this cell)
+        threaded = display.wrap_render(base, guard_pyplot=True) if display else PyplotGuarded(base)
+        render: Callable[[BestFit], Any]
+        if settings.backend == "process":
+            # a draw that cannot be sent (it holds a lock, an open file) is drawn
+            # in a thread instead, saying why
+            render = ProcessRender(
+                display.wrap_render(base, guard_pyplot=False) if display else base,
+                name=name, fallback=threaded, chosen=settings.user_set("backend"))
+        else:
+            render = threaded if settings.backend == "thread" else base
         self._display = display
         #: the fit in the picture now (the last one drawn without an error)
         self.drawn: BestFit | None = None

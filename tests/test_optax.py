@@ -88,6 +88,26 @@ def test_a_draw_that_raises_does_not_stop_the_run(tmp_path, caplog):
     assert "no picture today" in caplog.text
 
 
+def test_a_draw_that_cannot_be_sent_is_drawn_in_a_thread_saying_why(tmp_path, caplog):
+    lock = threading.Lock()
+
+    def draw(best):  # holds a lock: it cannot go to a render process
+        with lock:
+            return b"\x89PNG"
+
+    optimizer = live_optimizer(optax.sgd(0.1), draw, every=1, image=tmp_path / "fit.png",
+                               backend="process")
+    p = {"w": jnp.zeros(2)}
+    state = optimizer.init(p)
+    loss, g = jax.value_and_grad(lambda q: jnp.sum((q["w"] - 1.0) ** 2))(p)
+    _, state = optimizer.update(g, state, p, value=loss)
+    assert optimizer.close(state, timeout=30)
+    assert optimizer.view.stats.rendered >= 1 and optimizer.view.drawn is not None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("cannot be sent to a render process" in m and "lock" in m
+               and "rendering in a thread instead" in m for m in warnings), warnings
+
+
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(TypeError, match="needs an optax GradientTransformation.*got function"):
         live_optimizer(lambda g: g, lambda best: None)
