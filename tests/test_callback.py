@@ -652,3 +652,37 @@ def test_thinning_gate_with_a_cadence_beyond_32_bits() -> None:
 def test_thinning_gate_names_a_bad_every(every) -> None:
     with pytest.raises(ValueError, match=f"every must be a positive int, got {every!r}"):
         thinning_gate(jnp.zeros(3), every)
+
+
+def test_transform_is_applied_only_to_what_is_sent():
+    """``transform`` maps the best parameters for the host (e.g. to a constrained
+    space) inside the report branch; the state keeps tracking them as given."""
+    rec = Recorder()
+    tracker = BestFitTracker(rec)
+    def constrain(p):
+        return {"scale": jnp.exp(p["log_scale"]), "log_scale": p["log_scale"]}
+
+    thetas = jnp.asarray([-2.0, -1.0, -1.5, 0.0, -0.5], jnp.float32)
+
+    @jax.jit
+    def run(thetas):
+        def step(state, t):
+            params = {"log_scale": t}
+            return tracker.update(state, params, -t**2, transform=constrain), None
+        state, _ = lax.scan(step, tracker.init({"log_scale": thetas[0]}), thetas)
+        return state
+
+    state = run(thetas)
+    jax.effects_barrier()
+    lls = -np.asarray(thetas) ** 2
+    assert rec.seq() == improvements(lls)
+    for fit in rec.fits:
+        assert float(fit.parameters["scale"]) == pytest.approx(np.exp(fit.parameters["log_scale"]))
+    # the state itself tracked log_scale, untransformed
+    assert float(tracker.best_parameters(state)["log_scale"]) == 0.0
+    # report_final with a transform on a concrete state: handed on before it returns
+    sink_rec = Recorder()
+    final = BestFitTracker(sink_rec)
+    final.report_final(state, transform=constrain)
+    assert len(sink_rec.fits) == 1
+    assert float(sink_rec.fits[0].parameters["scale"]) == pytest.approx(1.0)

@@ -265,7 +265,6 @@ class BestFitTracker:
         step: Any,
         *,
         transform: Callable[[Any], Any] | None = None,
-        when: Any = None,
     ) -> TrackerState:
         _, jnp, _ = load_jax()
         pred = (state.best_log_likelihood > state.reported_log_likelihood) & (
@@ -273,8 +272,6 @@ class BestFitTracker:
         )
         if self.check_every > 1:
             pred = pred & ((step + 1) % self.check_every == 0)
-        if when is not None:
-            pred = pred & when
         spec, prepare = _transformed(state.spec, transform)
         emit = emitter(host_callback(self.sink, spec, device_step=True, final=False), prepare)
         emit(pred, state.best_log_likelihood, state.best_step, state.best_parameters)
