@@ -4,7 +4,7 @@
 VENV      := .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
-EXTRAS    := autofit,demo,notebook,numpyro,blackjax,optax,dev
+EXTRAS    := autofit,demo,notebook,numpyro,blackjax,optax,viewer,dev
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 

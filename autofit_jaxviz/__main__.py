@@ -1,4 +1,4 @@
-"""``python -m autofit_jaxviz demo [options]`` (also installed as the ``autofit-jaxviz`` script)."""
+"""``python -m autofit_jaxviz demo|view [options]`` (also the ``autofit-jaxviz`` script)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one subcommand per entry point (so far only ``demo``)."""
+    """The command line: one subcommand per entry point (``demo``, ``view``)."""
     from autofit_jaxviz import demo
 
     parser = argparse.ArgumentParser(
@@ -30,6 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(handler=demo.command)
+    from autofit_jaxviz.viewer import cli as viewer
+
+    view_parser = commands.add_parser(
+        "view",
+        help="serve a live web page of every fit under a folder (or --export one as a GIF)",
+        description="List every fit found under FOLDER (running, finished, failed) on a local "
+        "web page that shows each fit's newest picture as soon as it is written (pushed by "
+        "the server, no reload), its best log-likelihood against time, and a slider through "
+        "its history of pictures. Listens on 127.0.0.1 only unless told otherwise; on a "
+        "remote node forward the port: ssh -N -L 8765:127.0.0.1:8765 NODE.",
+    )
+    viewer.add_arguments(view_parser)
+    view_parser.set_defaults(handler=viewer.command)
     return parser
 
 
@@ -39,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(None if argv is None else list(argv))
         if args.command is None:
-            parser.error("missing COMMAND; choose from: demo (try: autofit-jaxviz demo --help)")
+            parser.error("missing COMMAND; choose from: demo, view "
+                         "(try: autofit-jaxviz demo --help)")
     except SystemExit as exit_:  # --help, or a bad option (argparse already printed why)
         return exit_.code if isinstance(exit_.code, int) else 2
     return int(args.handler(args))

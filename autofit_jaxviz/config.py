@@ -127,6 +127,28 @@ def _number_parser(*, strictly_positive: bool) -> Callable[[Any, bool], float]:
     return parse
 
 
+def _integer_parser(low: int, high: int) -> Callable[[Any, bool], int]:
+    def parse(value: Any, text: bool) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif text and isinstance(value, str) and value.strip().lstrip("+").isdigit():
+            number = int(value.strip())
+        else:
+            raise _Rejected
+        if not low <= number <= high:
+            raise _Rejected
+        return number
+
+    return parse
+
+
+def _parse_ratio(value: Any, text: bool) -> float:
+    number = _number_parser(strictly_positive=True)(value, text)
+    if not number > 1:
+        raise _Rejected
+    return number
+
+
 def _parse_share(value: Any, text: bool) -> float:
     number = _number_parser(strictly_positive=True)(value, text)
     if number > 1:
@@ -146,6 +168,11 @@ _BOOL_ALLOWED = (
 _SPECS: dict[str, _Spec] = {
     "background": _Spec(_parse_bool, _BOOL_ALLOWED),
     "backend": _Spec(_parse_backend, " or ".join(repr(b) for b in BACKGROUND_BACKENDS)),
+    "history": _Spec(_parse_bool, _BOOL_ALLOWED),
+    "history_keep_ratio": _Spec(
+        _parse_ratio, "a finite number > 1 (older pictures kept at numbers 1, r, r^2, ...)"),
+    "history_keep_recent": _Spec(
+        _integer_parser(1, 10**9), "a whole number of pictures >= 1"),
     "min_render_interval": _Spec(
         _number_parser(strictly_positive=False), "a finite number of seconds >= 0"
     ),
@@ -163,6 +190,9 @@ _SPECS: dict[str, _Spec] = {
     "shutdown_timeout": _Spec(
         _number_parser(strictly_positive=True), "a finite number of seconds > 0"
     ),
+    "viewer": _Spec(_parse_bool, _BOOL_ALLOWED),
+    "viewer_port": _Spec(
+        _integer_parser(0, 65535), "a TCP port, a whole number 0-65535 (0: any free port)"),
 }
 
 #: Every setting this library reads, in the order of :class:`Settings`' fields.
@@ -295,12 +325,17 @@ class Settings:
     # defaults: the packaged general.yaml (read once, at import)
     background: bool = _DEFAULTS["background"]
     backend: Backend = _DEFAULTS["backend"]
+    history: bool = _DEFAULTS["history"]
+    history_keep_ratio: float = _DEFAULTS["history_keep_ratio"]
+    history_keep_recent: int = _DEFAULTS["history_keep_recent"]
     min_render_interval: float = _DEFAULTS["min_render_interval"]
     notebook_display: bool = _DEFAULTS["notebook_display"]
     preview_dpi: float = _DEFAULTS["preview_dpi"]
     quick_update_seconds: float = _DEFAULTS["quick_update_seconds"]
     render_budget: float = _DEFAULTS["render_budget"]
     shutdown_timeout: float = _DEFAULTS["shutdown_timeout"]
+    viewer: bool = _DEFAULTS["viewer"]
+    viewer_port: int = _DEFAULTS["viewer_port"]
     #: key -> where its value came from (a file path, an environment variable
     #: name, "keyword argument", ...).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -330,12 +365,17 @@ class SettingsOverrides(TypedDict, total=False):
 
     background: bool | None
     backend: Backend | None
+    history: bool | None
+    history_keep_ratio: float | None
+    history_keep_recent: int | None
     min_render_interval: float | None
     notebook_display: bool | None
     preview_dpi: float | None
     quick_update_seconds: float | None
     render_budget: float | None
     shutdown_timeout: float | None
+    viewer: bool | None
+    viewer_port: int | None
 
 
 def _keyword_layer(overrides: Mapping[str, Any]) -> list[_Entry]:

@@ -18,6 +18,7 @@ from typing import Any
 from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import load_settings
 from autofit_jaxviz.device.lazy_jax import block_until_ready, effects_barrier
+from autofit_jaxviz.history import PictureHistory, Retention, history_folder
 from autofit_jaxviz.host.sink import HostSink
 from autofit_jaxviz.notebook import display_for_run
 from autofit_jaxviz.payload import BestFit
@@ -79,6 +80,10 @@ class LiveView:
     backend, render_budget, min_render_interval, preview_dpi, notebook_display, shutdown_timeout
         As in ``config/general.yaml``; ``None`` takes the configured value
         (keyword > ``AUTOFIT_JAXVIZ_*`` environment > workspace > packaged).
+    history, viewer
+        Also as configured: keep every picture in ``<image stem>_history/``
+        beside ``image`` (:mod:`autofit_jaxviz.history`); start the live page
+        on ``image``'s folder (``python -m autofit_jaxviz view``).
 
     One view draws one run: its best persists, so a second run through the
     same view only shows fits better than the first's; after :meth:`close`
@@ -96,6 +101,8 @@ class LiveView:
         preview_dpi: float | None = None,
         notebook_display: bool | None = None,
         shutdown_timeout: float | None = None,
+        history: bool | None = None,
+        viewer: bool | None = None,
         name: str = "live-view",
     ) -> None:
         if not callable(draw):
@@ -105,10 +112,19 @@ class LiveView:
         settings = load_settings(
             backend=backend, render_budget=render_budget, min_render_interval=min_render_interval,
             preview_dpi=preview_dpi, notebook_display=notebook_display,
-            shutdown_timeout=shutdown_timeout)
+            shutdown_timeout=shutdown_timeout, history=history, viewer=viewer)
         self.settings = settings
         self.image = Path(image).resolve()
         self.name = name
+        #: every finished picture, numbered, with its index line (``None``: switched off)
+        self.history = PictureHistory(
+            history_folder(self.image), name=name, retention=Retention(
+                settings.history_keep_recent, settings.history_keep_ratio),
+        ) if settings.history else None
+        if settings.viewer:
+            from autofit_jaxviz.viewer.launch import ensure_viewer
+
+            ensure_viewer(str(self.image.parent), settings.viewer_port)
         base = FigureRender(draw, self.image, settings.preview_dpi)
         display = display_for_run(settings.notebook_display)
         # in a thread: pyplot kept private to it (and, in a notebook, output kept in this cell)
@@ -134,6 +150,8 @@ class LiveView:
 
     def _on_rendered(self, best: BestFit, result: Any) -> None:
         self.drawn = best
+        if self.history is not None:
+            self.history.record(result, best, final=isinstance(best, FinalFit))
         if self._display is not None:
             self._display.on_rendered(best, result)
 
@@ -146,14 +164,16 @@ class LiveView:
         """The best fit the callbacks have delivered so far."""
         return self.sink.best
 
-    def close(self, timeout: float | None = None, *, wait_for: Any = None) -> bool:
+    def close(self, timeout: float | None = None, *, wait_for: Any = None,
+              error: BaseException | None = None) -> bool:
         """After the run: wait for its callbacks, draw the final best (full dpi,
         no budget wait), stop the worker. True if everything finished in time.
 
         ``wait_for`` (the run's result, any pytree of arrays) is waited on first:
         ``jax.effects_barrier`` does not wait for a computation still in flight
         under ``pmap`` (measured, JAX 0.11.2), whose callbacks would then arrive
-        after the worker stopped.
+        after the worker stopped. ``error``: the run raised it (the history
+        says the run failed, and why).
         """
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -164,13 +184,17 @@ class LiveView:
         if best is not None:
             final = FinalFit(best.log_likelihood, best.parameters, best.step, best.created)
             self.worker.submit(final, final=True)
-        return self.worker.shutdown(max(0.0, deadline - time.monotonic())) and done
+        finished = self.worker.shutdown(max(0.0, deadline - time.monotonic())) and done
+        if self.history is not None:
+            self.history.finish("finished" if error is None else "failed",
+                                None if error is None else f"{type(error).__name__}: {error}")
+        return finished
 
     def __enter__(self) -> LiveView:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        self.close(error=error)
 
     def __repr__(self) -> str:
         return f"LiveView(image={str(self.image)!r}, backend={self.worker.backend!r})"

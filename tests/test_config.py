@@ -242,6 +242,12 @@ def test_non_boolean_keyword_flag(value: object) -> None:
         ("shutdown_timeout", ".inf", "> 0"),
         ("notebook_display", "1", "true or false"),  # YAML int, not a bool
         ("backend", "Thread", "'thread' or 'process'"),
+        ("history_keep_recent", "0", "whole number of pictures >= 1"),
+        ("history_keep_recent", "2.5", "whole number of pictures >= 1"),
+        ("history_keep_ratio", "1", "> 1"),
+        ("viewer_port", "70000", "0-65535"),
+        ("viewer_port", "http", "0-65535"),
+        ("viewer", "1", "true or false"),
     ],
 )
 def test_invalid_values_in_workspace_file(workspace, key: str, value: str, allowed: str) -> None:
@@ -260,6 +266,18 @@ def test_invalid_keyword_numbers() -> None:
     assert_names(info.value, "shutdown_timeout", "keyword argument", "-3", "> 0")
     with pytest.raises(ConfigError, match="min_render_interval.*'0.5'"):
         load_settings(min_render_interval="0.5")  # Python callers pass numbers
+
+
+def test_history_and_viewer_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOFIT_JAXVIZ_HISTORY_KEEP_RECENT", "12")
+    monkeypatch.setenv("AUTOFIT_JAXVIZ_VIEWER_PORT", "0")
+    monkeypatch.setenv("AUTOFIT_JAXVIZ_HISTORY", "off")
+    settings = load_settings()
+    assert (settings.history_keep_recent, settings.viewer_port, settings.history) == (12, 0, False)
+    monkeypatch.setenv("AUTOFIT_JAXVIZ_VIEWER_PORT", "-1")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert_names(info.value, "viewer_port", "AUTOFIT_JAXVIZ_VIEWER_PORT", "'-1'", "0-65535")
 
 
 def test_unknown_key_in_workspace_file(workspace) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,11 +19,17 @@ from typing import Any
 import numpy as np
 
 from autofit_jaxviz.autofit.pool import PoolForwarder
-from autofit_jaxviz.autofit.render import PYPLOT_LOCK, AutofitRender, ResultFit
+from autofit_jaxviz.autofit.render import (
+    PYPLOT_LOCK,
+    QUICK_UPDATE_IMAGE,
+    AutofitRender,
+    ResultFit,
+)
 from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import Settings
 from autofit_jaxviz.device.lazy_jax import effects_barrier
 from autofit_jaxviz.flags import log_backend_decision, needs_host_conversion
+from autofit_jaxviz.history import PictureHistory, Retention, history_folder
 from autofit_jaxviz.payload import BestFit
 from autofit_jaxviz.render.process import ProcessRender
 from autofit_jaxviz.render.pyplot import PyplotGuarded, pyplot_guard
@@ -99,6 +106,11 @@ class Hub:
         self.output_path = _output_path(fitness)
         self.lock = threading.Lock()
         self.forwarder = PoolForwarder(self.name, self._children_due) if cores > 1 else None
+        self.history = _history_of(fitness, settings)
+        if settings.viewer:
+            from autofit_jaxviz.viewer.launch import ensure_viewer
+
+            ensure_viewer(_output_root(fitness), settings.viewer_port)
         self.sink = None
         if in_jit:
             from autofit_jaxviz.host.sink import HostSink
@@ -155,6 +167,8 @@ class Hub:
         with self.lock:
             # the last picture on disk, not a running maximum
             self.drawn, self.drawn_fit = best.log_likelihood, best
+        if self.history is not None:
+            self.history.record(result, best)
         if self.display_rendered is not None:
             self.display_rendered(best, result)
 
@@ -167,6 +181,8 @@ class Hub:
         """End of the fit: draw the global best (whatever the cadence), then stop."""
         if os.getpid() != self.owner:
             return True  # a child: the parent owns the worker
+        # autofit shuts quick updates down from its `except` when the search raised
+        error = sys.exc_info()[1]
         deadline = time.monotonic() + self.shutdown_timeout
         children = None
         if self.forwarder is not None:
@@ -198,7 +214,12 @@ class Hub:
             awaiting_result[id(self.analysis)] = self
             while len(awaiting_result) > MAX_AWAITING:  # fits whose result never came
                 del awaiting_result[next(iter(awaiting_result))]
-        return self.worker.shutdown(max(0.0, deadline - time.monotonic()))
+        finished = self.worker.shutdown(max(0.0, deadline - time.monotonic()))
+        if self.history is not None:
+            self.history.finish(
+                "finished" if error is None else "failed",
+                None if error is None else f"{type(error).__name__}: {error}")
+        return finished
 
     def draw_result(self, vector: Any, log_likelihood: float) -> bool:
         """After the fit: the picture left behind must show the maximum-likelihood
@@ -226,6 +247,8 @@ class Hub:
             return False
         with self.lock:
             self.drawn, self.drawn_fit = best.log_likelihood, best
+        if self.history is not None:
+            self.history.record(result, best, final=True)
         return True
 
 
@@ -278,6 +301,34 @@ def hub_for(fitness: Any) -> Hub | None:
             if hub is not None:
                 hubs[key] = hub  # dropped with the hub's own key when the fit ends
         return hub
+
+
+def _history_of(fitness: Any, settings: Settings) -> PictureHistory | None:
+    """The fit's picture history beside ``fit.png`` (``None`` when switched off)."""
+    if not settings.history:
+        return None
+    try:
+        image = os.path.join(str(fitness.paths.image_path), QUICK_UPDATE_IMAGE)
+        name = str(getattr(fitness.paths, "name", "") or type(fitness.analysis).__name__)
+    except Exception:  # noqa: BLE001 - paths without an image folder: nothing to keep
+        logger.debug("no image folder for the picture history", exc_info=True)
+        return None
+    try:
+        names = [str(n) for n in fitness.model.model_component_and_parameter_names]
+    except Exception:  # noqa: BLE001 - a model without names: the vector alone
+        names = None
+    return PictureHistory(history_folder(image), name=name, names=names, retention=Retention(
+        settings.history_keep_recent, settings.history_keep_ratio))
+
+
+def _output_root(fitness: Any) -> str:
+    """The folder the page viewer lists fits under: autofit's output root."""
+    try:
+        from autonerves import conf
+
+        return str(conf.instance.output_path)
+    except Exception:  # noqa: BLE001 - no autonerves output path: this fit's folder
+        return str(fitness.paths.output_path)
 
 
 def _output_path(fitness: Any) -> str | None:

@@ -1,0 +1,275 @@
+"""Every finished picture kept beside ``fit.png``, with an index a viewer can read.
+
+A fit that runs for hours converges through hundreds of pictures; ``fit.png``
+shows only the newest. The history folder (``fit_history/`` beside
+``fit.png``) keeps each picture under its number with one index line per
+picture (wall time, step, log-likelihood, parameters) and a small status file
+(running / finished / failed, who runs it), so the live page
+(``python -m autofit_jaxviz view``) can list fits, scrub through a fit's
+pictures and export them as an animation.
+
+Everything is written atomically (a temporary file moved into place), so a
+reader sees the old index or the new one, never half of one, and the index
+never names a picture that is not yet on disk. Disk use is bounded by the
+retention rule of :func:`kept`: the newest ``keep_recent`` pictures plus
+geometrically spaced older ones, so a fit of 1,000 pictures keeps under a
+hundred and its early pictures survive. A resumed fit (same output folder)
+continues the numbering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autofit_jaxviz.payload import BestFit
+
+logger = logging.getLogger(__name__)
+
+#: The history of ``fit.png`` lives in ``fit_history/`` beside it.
+FOLDER_SUFFIX = "_history"
+INDEX_NAME = "index.jsonl"
+STATUS_NAME = "status.json"
+#: Picture files are named by number only: a viewer serves nothing else.
+PICTURE_NAME = re.compile(r"^(\d{6,})\.png$")
+#: Parameter arrays larger than this are not written into the index.
+MAX_PARAMETERS = 1000
+#: The states a fit's status can be in (``stopped``: its process is gone).
+STATES = ("running", "finished", "failed", "stopped")
+
+
+def history_folder(image: str | os.PathLike[str]) -> Path:
+    """Where the history of the picture ``image`` is kept (``fit.png`` -> ``fit_history``)."""
+    path = Path(image)
+    return path.parent / f"{path.stem}{FOLDER_SUFFIX}"
+
+
+def picture_name(number: int) -> str:
+    return f"{number:06d}.png"
+
+
+def spaced_numbers(ratio: float, limit: int) -> set[int]:
+    """The picture numbers up to ``limit`` that are kept however old: 1 and
+    ``floor(ratio ** i)``. The set never depends on how many pictures there are,
+    so a picture kept once stays kept and the rule never needs an old one back."""
+    numbers = set()
+    value = 1.0
+    while value <= limit:
+        numbers.add(int(value))
+        value *= ratio
+    return numbers
+
+
+def kept(numbers: Iterable[int], *, keep_recent: int, keep_ratio: float) -> list[int]:
+    """Which of ``numbers`` the retention rule keeps: the newest ``keep_recent``
+    and the geometrically spaced older ones (:func:`spaced_numbers`)."""
+    ordered = sorted(numbers)
+    if not ordered:
+        return []
+    recent = set(ordered[-keep_recent:])
+    spaced = spaced_numbers(keep_ratio, ordered[-1])
+    return [n for n in ordered if n in recent or n in spaced]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def read_index(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The index of a history folder, oldest first; ``[]`` if there is none.
+    A line that cannot be read (a disk that filled up) is skipped, not fatal."""
+    try:
+        text = (Path(folder) / INDEX_NAME).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    entries = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("n"), int):
+            entries.append(entry)
+    return entries
+
+
+def read_status(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The status of a history folder, or ``None`` if it has none (yet)."""
+    try:
+        status = json.loads((Path(folder) / STATUS_NAME).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no inf or nan
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How many pictures a history keeps: see :func:`kept`."""
+
+    keep_recent: int = 50
+    keep_ratio: float = 1.25
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.keep_recent, int) or isinstance(self.keep_recent, bool)
+                or self.keep_recent < 1):
+            raise ValueError(f"keep_recent must be an integer >= 1 (pictures), got "
+                             f"{self.keep_recent!r}")
+        if (not isinstance(self.keep_ratio, int | float) or isinstance(self.keep_ratio, bool)
+                or not math.isfinite(self.keep_ratio) or not self.keep_ratio > 1):
+            raise ValueError(f"keep_ratio must be a finite number > 1, got {self.keep_ratio!r}")
+
+
+class PictureHistory:
+    """One fit's history folder: :meth:`record` each finished picture, :meth:`finish` at the end.
+
+    ``name`` is what the live page calls the fit (a search name); ``names``
+    the parameter names, if known. Recording never raises into the caller (a
+    full disk is logged once per kind of failure): a fit must not stop because
+    its history could not be written.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, name: str,
+                 retention: Retention | None = None,
+                 names: list[str] | None = None) -> None:
+        self.folder = Path(folder)
+        self.retention = retention or Retention()
+        self.lock = threading.Lock()
+        self.entries = read_index(self.folder)  # a resumed fit continues its history
+        previous = read_status(self.folder) or {}
+        now = time.time()
+        self.status: dict[str, Any] = {
+            "format": 1,
+            "name": name,
+            "state": "running",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": previous.get("started", now),
+            "run_started": now,
+            "runs": int(previous.get("runs", 0)) + 1,
+            "updated": now,
+            "pictures": len(self.entries),
+            "latest": self.entries[-1]["n"] if self.entries else None,
+            "best_log_likelihood": previous.get("best_log_likelihood"),
+            "parameter_names": names if names is not None else previous.get("parameter_names"),
+            "error": None,
+        }
+        self._failures: set[str] = set()
+        self._guarded("start", self._write_status)
+
+    def record(self, picture: Any, best: BestFit, *, final: bool = False) -> int | None:
+        """Keep a copy of the picture just drawn for ``best`` (its path, or PNG
+        bytes); returns its number (``None`` when there was no picture or it
+        could not be kept)."""
+        if not isinstance(picture, str | os.PathLike | bytes | bytearray):
+            return None  # a render that wrote no picture (only model.results)
+        with self.lock:
+            return self._guarded("record", self._record, picture, best, final)
+
+    def finish(self, state: str = "finished", error: str | None = None) -> None:
+        """The fit ended (``finished``) or raised (``failed``, with the error named)."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        with self.lock:
+            self.status.update(state=state, error=error, updated=time.time())
+            self._guarded("finish", self._write_status)
+
+    def _record(self, picture: Any, best: BestFit, final: bool) -> int:
+        number = (self.entries[-1]["n"] + 1) if self.entries else 1
+        name = picture_name(number)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            if isinstance(picture, bytes | bytearray):
+                tmp.write_bytes(picture)
+            else:
+                shutil.copyfile(picture, tmp)  # fit.png is replaced by the next picture
+            os.replace(tmp, self.folder / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        now = time.time()
+        log_likelihood = float(best.log_likelihood)
+        self.entries.append({
+            "n": number,
+            "file": name,
+            "time": now,
+            "elapsed": now - self.status["started"],
+            "step": int(best.step),
+            "log_likelihood": _finite(log_likelihood),
+            "parameters": _flat_list(best.parameters),
+            "final": final,
+        })
+        keep = set(kept((e["n"] for e in self.entries), keep_recent=self.retention.keep_recent,
+                        keep_ratio=self.retention.keep_ratio))
+        dropped = [e for e in self.entries if e["n"] not in keep]
+        self.entries = [e for e in self.entries if e["n"] in keep]
+        # the index first: it never names a picture that is gone
+        _write_atomically(self.folder / INDEX_NAME,
+                          "".join(json.dumps(e) + "\n" for e in self.entries))
+        for entry in dropped:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / entry["file"]).unlink()
+        best_so_far = self.status["best_log_likelihood"]
+        if math.isfinite(log_likelihood) and (best_so_far is None or log_likelihood > best_so_far):
+            self.status["best_log_likelihood"] = log_likelihood
+        self.status.update(updated=now, pictures=len(self.entries), latest=number)
+        self._write_status()
+        return number
+
+    def _write_status(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.folder / STATUS_NAME, json.dumps(self.status))
+
+    def _guarded(self, what: str, action: Any, *args: Any) -> Any:
+        try:
+            return action(*args)
+        except Exception as error:  # noqa: BLE001 - the fit goes on without its history
+            if what not in self._failures:
+                self._failures.add(what)
+                logger.warning("the picture history in %s could not be written (%s: %s); "
+                               "the fit goes on", self.folder, type(error).__name__, error)
+            return None
+
+    def __repr__(self) -> str:
+        return f"PictureHistory({str(self.folder)!r}, pictures={len(self.entries)})"
+
+
+def _flat_list(parameters: Any) -> list[float] | dict[str, Any] | None:
+    """The parameters as JSON: a flat vector as a list, a pytree (a dict of
+    named arrays, as NumPyro names them) as a dict of lists."""
+    import numpy as np
+
+    if isinstance(parameters, dict):
+        return {str(k): _flat_list(v) for k, v in parameters.items()}
+    try:
+        array = np.asarray(parameters, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if array.size > MAX_PARAMETERS:
+        return None  # a pixelised source or a neural network: not an index line
+    return [v if math.isfinite(v) else None for v in array.ravel().tolist()]

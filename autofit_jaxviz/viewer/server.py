@@ -1,0 +1,287 @@
+"""The page server: tornado for HTTP, server-sent events for the push, watchfiles for changes.
+
+Why these: tornado is a mature asynchronous web server that is already
+installed wherever Jupyter is, and holds many long-lived event streams in one
+thread; server-sent events are one-way pushes the browser's ``EventSource``
+reconnects by itself, all a read-only page needs (no websocket protocol);
+watchfiles waits on the kernel's file notifications (inotify), so the server
+does no work between pictures, rather than polling every fit's files.
+
+Read-only by construction: every handler is ``GET`` (tornado answers other
+methods with 405), and files are reached only through
+:class:`~autofit_jaxviz.viewer.fits.FitFolders`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from autofit_jaxviz.history import INDEX_NAME, STATUS_NAME
+from autofit_jaxviz.viewer.fits import FitFolders
+
+logger = logging.getLogger(__name__)
+
+TOKEN_COOKIE = "jaxviz_token"
+#: seconds between comment lines on idle event streams (finds closed connections)
+HEARTBEAT_SECONDS = 15.0
+#: seconds between checks that running fits' processes still exist
+LIVENESS_SECONDS = 5.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+class ViewerState:
+    """The fits' summaries, the open event streams, and pushing a change to them."""
+
+    def __init__(self, folders: FitFolders) -> None:
+        self.folders = folders
+        self.fits: dict[str, Path] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.streams: set[EventsHandler] = set()
+
+    def rescan(self) -> bool:
+        """Find every fit again; True if anything the page shows changed."""
+        self.fits = self.folders.scan()
+        return self.refresh(list(self.fits))
+
+    def refresh(self, fit_ids: list[str]) -> bool:
+        changed = False
+        for fit_id in fit_ids:
+            folder = self.fits.get(fit_id)
+            summary = None if folder is None else self.folders.summary(fit_id, folder)
+            old = self.summaries.get(fit_id)
+            if summary is None:
+                changed |= self.summaries.pop(fit_id, None) is not None
+            elif old is None or _without_clock(old) != _without_clock(summary):
+                self.summaries[fit_id] = summary
+                changed = True
+            else:
+                self.summaries[fit_id] = summary  # elapsed time moves on, silently
+        return changed
+
+    def payload(self) -> str:
+        fits = sorted(self.summaries.values(), key=lambda s: -(s.get("started") or 0))
+        return json.dumps({"fits": fits})
+
+    async def push(self) -> None:
+        message = f"event: fits\ndata: {self.payload()}\n\n"
+        for stream in list(self.streams):
+            await stream.send(message)
+
+
+def _without_clock(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k != "elapsed"}
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Checks every request: the Host header (no DNS rebinding onto a loopback
+    page) and, when the page has one, the access token."""
+
+    def initialize(self, state: ViewerState, token: str | None, hosts: frozenset[str]) -> None:
+        self.state = state
+        self.token = token
+        self.hosts = hosts
+
+    def prepare(self) -> None:
+        if self.hosts and self.request.host.lower() not in self.hosts:
+            raise tornado.web.HTTPError(403, "unexpected Host header")
+        if self.token is not None:
+            given = self.get_query_argument("token", None) or self.get_cookie(TOKEN_COOKIE)
+            if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
+                raise tornado.web.HTTPError(403, "missing or wrong access token")
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy",
+                        "default-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'; "
+                        "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{status_code} {self._reason}\n")  # no traceback, no paths
+
+
+class PageHandler(BaseHandler):
+    def get(self) -> None:
+        if self.token is not None and self.get_query_argument("token", None):
+            # later requests (pictures, the event stream) carry it as a cookie
+            self.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Strict")
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(resources.files("autofit_jaxviz.viewer").joinpath("page.html").read_bytes())
+
+
+class FitsHandler(BaseHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(self.state.payload())
+
+
+class IndexHandler(BaseHandler):
+    def get(self) -> None:
+        entries = self.state.folders.index(self.get_query_argument("fit", None))
+        if entries is None:
+            raise tornado.web.HTTPError(404)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"entries": entries}))
+
+
+class PictureHandler(BaseHandler):
+    def get(self) -> None:
+        path = self.state.folders.picture(self.get_query_argument("fit", None),
+                                          self.get_query_argument("file", None))
+        if path is None:
+            raise tornado.web.HTTPError(404)
+        try:
+            data = path.read_bytes()
+        except OSError:  # dropped by retention since it was listed
+            raise tornado.web.HTTPError(404) from None
+        self.set_header("Content-Type", "image/png")
+        # a number is never reused for another picture
+        self.set_header("Cache-Control", "private, max-age=31536000, immutable")
+        self.finish(data)
+
+
+class EventsHandler(BaseHandler):
+    """One browser's event stream: the fit list now, then again at every change."""
+
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-store")
+        self.closed = asyncio.Event()
+        self.state.streams.add(self)
+        try:
+            await self.send(f"retry: 1000\nevent: fits\ndata: {self.state.payload()}\n\n")
+            while not self.closed.is_set():
+                try:
+                    await asyncio.wait_for(self.closed.wait(), HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    await self.send(": heartbeat\n\n")
+        finally:
+            self.state.streams.discard(self)
+
+    async def send(self, message: str) -> None:
+        try:
+            self.write(message)
+            await self.flush()
+        except StreamClosedError:
+            self.closed.set()
+
+    def on_connection_close(self) -> None:
+        self.closed.set()
+
+
+def make_app(state: ViewerState, *, token: str | None,
+             hosts: frozenset[str]) -> tornado.web.Application:
+    """The page's routes; ``hosts``: the Host headers accepted (empty: any)."""
+    options = {"state": state, "token": token, "hosts": hosts}
+    return tornado.web.Application([
+        (r"/", PageHandler, options),
+        (r"/api/fits", FitsHandler, options),
+        (r"/api/index", IndexHandler, options),
+        (r"/picture", PictureHandler, options),
+        (r"/events", EventsHandler, options),
+    ], compress_response=False, xsrf_cookies=False)
+
+
+def _is_fit_file(change: Any, path: str) -> bool:
+    return os.path.basename(path) in (STATUS_NAME, INDEX_NAME)
+
+
+async def watch(state: ViewerState, stop: asyncio.Event) -> None:
+    """Push a change whenever a fit's status or index is replaced (inotify via watchfiles)."""
+    from watchfiles import awatch
+
+    async for changes in awatch(state.folders.root, watch_filter=_is_fit_file, step=10,
+                                debounce=200, stop_event=stop, recursive=True):
+        folders = {os.path.dirname(path) for _, path in changes}
+        ids = [state.folders.fit_id(folder) for folder in folders]
+        if any(fit_id not in state.fits for fit_id in ids if fit_id is not None):
+            changed = state.rescan()  # a new fit started
+        else:
+            changed = state.refresh([fit_id for fit_id in ids if fit_id is not None])
+        if changed:
+            await state.push()
+
+
+async def check_liveness(state: ViewerState, stop: asyncio.Event) -> None:
+    """A fit killed outright never writes ``failed``: notice its process is gone."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), LIVENESS_SECONDS)
+        except TimeoutError:
+            if state.refresh(list(state.fits)):
+                await state.push()
+
+
+async def watch_parent(pid: int, stop: asyncio.Event) -> None:
+    """Started by a fit: end with the process that started the page."""
+    while not stop.is_set():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stop.set()
+            return
+        except PermissionError:
+            pass
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
+
+
+async def serve(root: str | os.PathLike[str], *, host: str, port: int, token: str | None,
+                announce: Any, parent_pid: int | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve the page until ``stop`` is set (or the parent process is gone).
+    ``announce(url)`` is called once the socket listens."""
+    state = ViewerState(FitFolders(root))
+    state.rescan()
+    sockets = tornado.netutil.bind_sockets(port, address=host)
+    bound = sockets[0].getsockname()[1]
+    # a loopback page without a token accepts only its own Host names: a web
+    # site cannot reach it by pointing a name of its own at 127.0.0.1
+    hosts = frozenset({f"localhost:{bound}", f"127.0.0.1:{bound}", f"[::1]:{bound}"}
+                      if is_loopback(host) and token is None else ())
+    server = tornado.httpserver.HTTPServer(make_app(state, token=token, hosts=hosts))
+    server.add_sockets(sockets)
+    stop = stop or asyncio.Event()
+    tasks = [asyncio.create_task(watch(state, stop)),
+             asyncio.create_task(check_liveness(state, stop))]
+    if parent_pid is not None:
+        tasks.append(asyncio.create_task(watch_parent(parent_pid, stop)))
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
+    announce(url)
+    try:
+        await stop.wait()
+    finally:
+        server.stop()
+        for stream in list(state.streams):
+            stream.closed.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,133 @@
+"""The picture history: numbered copies, an index that matches the disk, bounded retention."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from autofit_jaxviz.history import (
+    INDEX_NAME,
+    PictureHistory,
+    Retention,
+    history_folder,
+    kept,
+    read_index,
+    read_status,
+    spaced_numbers,
+)
+from autofit_jaxviz.payload import BestFit
+
+
+def png(tag: int) -> bytes:
+    """A small distinct 'picture' (the history copies bytes; it never decodes them)."""
+    return b"\x89PNG\r\n\x1a\n" + tag.to_bytes(4, "big") * 64
+
+
+def pictures_on_disk(folder):
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def test_each_picture_is_copied_with_its_index_line(tmp_path):
+    image = tmp_path / "fit.png"
+    history = PictureHistory(history_folder(image), name="gauss", names=["a", "b"])
+    for i in range(3):
+        image.write_bytes(png(i))
+        assert history.record(image, BestFit(-10.0 + i, np.array([i, 2.0 * i]), 7 * i)) == i + 1
+    folder = tmp_path / "fit_history"
+    entries = read_index(folder)
+    assert [e["n"] for e in entries] == [1, 2, 3]
+    assert [e["step"] for e in entries] == [0, 7, 14]
+    assert [e["log_likelihood"] for e in entries] == [-10.0, -9.0, -8.0]
+    assert entries[2]["parameters"] == [2.0, 4.0]
+    # the copy is the picture as it was, not fit.png as it is now
+    assert (folder / entries[0]["file"]).read_bytes() == png(0)
+    status = read_status(folder)
+    assert status["state"] == "running" and status["latest"] == 3
+    assert status["best_log_likelihood"] == -8.0 and status["parameter_names"] == ["a", "b"]
+    history.finish("failed", "ValueError: boom")
+    assert read_status(folder)["state"] == "failed"
+    assert read_status(folder)["error"] == "ValueError: boom"
+
+
+def test_retention_keeps_disk_bounded_over_1000_pictures_and_index_matches(tmp_path):
+    history = PictureHistory(tmp_path / "fit_history", name="long",
+                             retention=Retention(keep_recent=50, keep_ratio=1.25))
+    for i in range(1000):
+        history.record(png(i), BestFit(float(i), np.zeros(2), i))
+    folder = tmp_path / "fit_history"
+    entries = read_index(folder)
+    on_disk = pictures_on_disk(folder)
+    assert sorted(e["file"] for e in entries) == on_disk  # no orphan, no missing file
+    numbers = [e["n"] for e in entries]
+    assert numbers[-50:] == list(range(951, 1001))  # the newest 50
+    assert 1 in numbers and 2 in numbers  # the early ones survive
+    assert len(on_disk) < 100
+    # each kept picture still holds its own bytes
+    assert all((folder / e["file"]).read_bytes() == png(e["n"] - 1) for e in entries)
+
+
+def test_the_retention_rule_never_needs_a_dropped_picture_back():
+    ratio = 1.5
+    before = set(kept(range(1, 301), keep_recent=10, keep_ratio=ratio))
+    after = set(kept(range(1, 601), keep_recent=10, keep_ratio=ratio))
+    # everything kept later that was already numbered then had been kept then
+    assert {n for n in after if n <= 300} <= before
+    assert spaced_numbers(2.0, 20) == {1, 2, 4, 8, 16}
+
+
+def test_a_resumed_fit_continues_its_history(tmp_path):
+    folder = tmp_path / "fit_history"
+    first = PictureHistory(folder, name="fit")
+    first.record(png(1), BestFit(1.0, np.zeros(1), 1))
+    first.record(png(2), BestFit(2.0, np.zeros(1), 2))
+    started = read_status(folder)["started"]
+    resumed = PictureHistory(folder, name="fit")  # the same output folder after a restart
+    assert resumed.record(png(3), BestFit(3.0, np.zeros(1), 1)) == 3
+    assert [e["n"] for e in read_index(folder)] == [1, 2, 3]
+    status = read_status(folder)
+    assert status["runs"] == 2 and status["started"] == started and status["state"] == "running"
+
+
+def test_a_torn_index_line_is_skipped_not_fatal(tmp_path):
+    folder = tmp_path / "fit_history"
+    history = PictureHistory(folder, name="fit")
+    history.record(png(1), BestFit(1.0, np.zeros(1), 1))
+    with open(folder / INDEX_NAME, "a") as f:
+        f.write('{"n": 2, "file": "0000')  # a disk that filled up mid-line
+    assert [e["n"] for e in read_index(folder)] == [1]
+
+
+def test_json_has_no_infinity(tmp_path):
+    history = PictureHistory(tmp_path / "h", name="fit")
+    history.record(png(1), BestFit(-np.inf, np.array([np.nan, 1.0]), 0))
+    line = (tmp_path / "h" / INDEX_NAME).read_text()
+    entry = json.loads(line)  # strict JSON readers (browsers) can read it
+    assert entry["log_likelihood"] is None and entry["parameters"] == [None, 1.0]
+    assert "Infinity" not in line and "NaN" not in line
+
+
+def test_a_history_that_cannot_be_written_is_logged_once_and_the_fit_goes_on(tmp_path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the history folder should be")
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.history"):
+        history = PictureHistory(blocker, name="fit")
+        assert history.record(png(1), BestFit(1.0, np.zeros(1), 1)) is None
+        assert history.record(png(2), BestFit(2.0, np.zeros(1), 2)) is None
+    warnings = [r for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(warnings) == 2  # one for the start, one for recording: not one per picture
+    assert str(blocker) in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "50"])
+def test_bad_keep_recent_is_named(bad):
+    with pytest.raises(ValueError, match=f"keep_recent must be an integer >= 1.*{bad!r}"):
+        Retention(keep_recent=bad)
+
+
+@pytest.mark.parametrize("bad", [1, 0.5, float("inf"), False])
+def test_bad_keep_ratio_is_named(bad):
+    with pytest.raises(ValueError, match="keep_ratio must be a finite number > 1"):
+        Retention(keep_ratio=bad)
