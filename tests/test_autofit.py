@@ -22,6 +22,7 @@ from autonerves import conf
 import autofit_jaxviz.autofit as live
 import autofit_jaxviz.autofit.hooks as hooks_module
 import autofit_jaxviz.autofit.hub as hub_module
+from autofit_jaxviz.history import read_index, read_status
 from autofit_jaxviz.render.worker import QuickUpdateWorker
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -142,6 +143,39 @@ def test_emcee_draws_during_run_and_ends_on_the_best_fit(backend, tmp_path):
         assert os.getpid() not in pids and len(pids) == 1
     png = next((tmp_path / "output").rglob("fit.png"))
     assert png.read_bytes().startswith(b"\x89PNG")
+    # every picture is in the history, in order, ending on the result's best
+    folder = png.parent / "fit_history"
+    entries = read_index(folder)
+    assert len(entries) == len(markers)
+    assert sorted(p.name for p in folder.glob("*.png")) == [e["file"] for e in entries]
+    np.testing.assert_allclose(entries[-1]["parameters"], final_params, rtol=1e-12)
+    assert (folder / entries[-1]["file"]).read_bytes() == png.read_bytes()
+    status = read_status(folder)
+    assert status["state"] == "finished" and status["name"] == f"emcee_{backend}"
+    assert status["parameter_names"] == ["centre", "normalization", "sigma"]
+
+
+class FailingAnalysis(MarkedAnalysis):
+    """Raises in the likelihood after some evaluations: a fit that fails midway."""
+
+    def log_likelihood_function(self, instance, *args, **kwargs):
+        if self.evaluations >= 900:
+            raise RuntimeError("the likelihood broke")
+        return super().log_likelihood_function(instance, *args, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_fit_that_raises_is_marked_failed_in_its_history(tmp_path):
+    live.enable(background=True, backend="thread")
+    data, noise = gaussian_data()
+    with pytest.raises(RuntimeError, match="the likelihood broke"):
+        _emcee("breaks").fit(model=gaussian_model(),
+                             analysis=FailingAnalysis(data=data, noise_map=noise))
+    folder = next((tmp_path / "output").rglob("fit_history"))
+    status = read_status(folder)
+    assert status["state"] == "failed"
+    assert status["error"] == "RuntimeError: the likelihood broke"
+    assert read_index(folder)  # the pictures drawn before it broke are kept
 
 
 @pytest.mark.slow

@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from autofit_jaxviz.history import PictureHistory, history_folder, read_index
+from autofit_jaxviz.history import PictureHistory, read_index
 from autofit_jaxviz.payload import BestFit
 from autofit_jaxviz.viewer.export import export_animation
 from autofit_jaxviz.viewer.fits import FitFolders
-from tests.viewer_helpers import EventReader, get, served
-
-
-def real_png(width: int, tag: int) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, 40), (tag * 20 % 255, 100, 150)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def make_fit(root, relative: str, pictures: int, name: str = "fit") -> PictureHistory:
-    image = root / relative / "image" / "fit.png"
-    history = PictureHistory(history_folder(image), name=name)
-    for i in range(pictures):
-        history.record(real_png(60 + i, i), BestFit(-100.0 + i, np.array([i, 1.0]), 10 * i))
-    return history
-
+from tests.viewer_helpers import EventReader, get, make_fit, real_png, served
 
 FIT = "search/abc/image/fit_history"
 #: stands for the absolute path of the history folder beside the served one
@@ -232,3 +217,40 @@ def test_export_refuses_another_format_and_an_empty_history(tmp_path):
         export_animation(tmp_path / FIT, tmp_path / "film.mp4")
     with pytest.raises(ValueError, match="no picture to export"):
         export_animation(tmp_path / FIT, tmp_path / "film.gif")
+
+
+@pytest.mark.slow
+def test_a_fit_with_viewer_on_starts_the_page_once_and_it_ends_with_the_fit(tmp_path):
+    from pathlib import Path
+
+    output = tmp_path / "output"
+    script = Path(__file__).resolve().parent / "viewer_fit.py"
+    fit = subprocess.Popen([sys.executable, str(script), str(output), "with_page", "viewer"],
+                           stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "MPLBACKEND": "Agg"})
+    try:
+        lines = []
+        for line in fit.stdout:
+            lines.append(line)
+            if "live page at http" in line:
+                break
+        url = lines[-1].split(" at ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and "ssh -N -L" in lines[-1]
+        fits = json.loads(get(url, "/api/fits")[1])["fits"]
+        assert [f["name"] for f in fits] == ["with_page"]  # listed from the fit's start
+        lines += fit.stdout.readlines()
+        assert fit.wait(300) == 0
+    finally:
+        if fit.poll() is None:
+            fit.kill()
+    assert sum("live page at" in line for line in lines) == 1
+    # the page stops with the process that started it
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            get(url, "/api/fits")
+        except ConnectionRefusedError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the page at {url} outlived the fit")

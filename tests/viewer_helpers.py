@@ -10,6 +10,11 @@ import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import numpy as np
+from PIL import Image
+
+from autofit_jaxviz.history import PictureHistory, history_folder
+from autofit_jaxviz.payload import BestFit
 from autofit_jaxviz.viewer.server import serve
 
 
@@ -93,3 +98,19 @@ class EventReader:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def real_png(width: int, tag: int) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, 40), (tag * 20 % 255, 100, 150)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_fit(root, relative: str, pictures: int, name: str = "fit") -> PictureHistory:
+    image = root / relative / "image" / "fit.png"
+    history = PictureHistory(history_folder(image), name=name)
+    for i in range(pictures):
+        history.record(real_png(60 + i, i), BestFit(-100.0 + i, np.array([i, 1.0]), 10 * i))
+    return history
