@@ -173,6 +173,7 @@ class PictureHistory:
             "updated": now,
             "pictures": len(self.entries),
             "latest": self.entries[-1]["n"] if self.entries else None,
+            "latest_entry": self.entries[-1] if self.entries else None,
             "best_log_likelihood": previous.get("best_log_likelihood"),
             "parameter_names": names if names is not None else previous.get("parameter_names"),
             "error": None,
@@ -237,7 +238,10 @@ class PictureHistory:
         best_so_far = self.status["best_log_likelihood"]
         if math.isfinite(log_likelihood) and (best_so_far is None or log_likelihood > best_so_far):
             self.status["best_log_likelihood"] = log_likelihood
-        self.status.update(updated=now, pictures=len(self.entries), latest=number)
+        # the newest index line rides along in the status: a page that has the
+        # rest appends it without reading the whole index again
+        self.status.update(updated=now, pictures=len(self.entries), latest=number,
+                           latest_entry=self.entries[-1])
         self._write_status()
         return number
 

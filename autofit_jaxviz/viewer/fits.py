@@ -115,6 +115,7 @@ class FitFolders:
             "updated": status.get("updated"),
             "pictures": status.get("pictures", 0),
             "latest": status.get("latest"),
+            "latest_entry": status.get("latest_entry"),
             "best_log_likelihood": status.get("best_log_likelihood"),
             "parameter_names": status.get("parameter_names"),
             "error": status.get("error"),

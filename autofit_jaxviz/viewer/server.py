@@ -215,7 +215,7 @@ async def watch(state: ViewerState, stop: asyncio.Event) -> None:
     """Push a change whenever a fit's status or index is replaced (inotify via watchfiles)."""
     from watchfiles import awatch
 
-    async for changes in awatch(state.folders.root, watch_filter=_is_fit_file, step=10,
+    async for changes in awatch(state.folders.root, watch_filter=_is_fit_file, step=50,
                                 debounce=200, stop_event=stop, recursive=True):
         folders = {os.path.dirname(path) for _, path in changes}
         ids = [state.folders.fit_id(folder) for folder in folders]
