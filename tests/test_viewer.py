@@ -254,3 +254,47 @@ def test_a_fit_with_viewer_on_starts_the_page_once_and_it_ends_with_the_fit(tmp_
         time.sleep(0.1)
     else:
         raise AssertionError(f"the page at {url} outlived the fit")
+
+
+@pytest.mark.slow
+def test_the_history_survives_a_fit_killed_and_resumed(tmp_path):
+    import signal
+    from pathlib import Path
+
+    from autofit_jaxviz.history import read_status
+
+    output = tmp_path / "output"
+    script = Path(__file__).resolve().parent / "viewer_fit.py"
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    first = subprocess.Popen([sys.executable, str(script), str(output), "resumed"], env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while len(entries := _history_entries(output)) < 3:
+            assert first.poll() is None, "the fit ended before it could be killed"
+            assert time.monotonic() < deadline, "no three pictures in time"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    before = _history_entries(output)
+    folder = next(output.rglob("fit_history"))
+    assert read_status(folder)["state"] == "running"  # a kill leaves no word behind
+    subprocess.run([sys.executable, str(script), str(output), "resumed"], env=env, check=True,
+                   timeout=300)
+    after = read_index(folder)
+    numbers = [e["n"] for e in after]
+    assert numbers == sorted(set(numbers)) and numbers[-1] > before[-1]["n"]
+    # the first run's pictures are still there, as they were
+    kept_before = [e for e in before if e["n"] in numbers]
+    assert kept_before and all(
+        (folder / e["file"]).is_file() and e in after for e in kept_before)
+    status = read_status(folder)
+    assert status["runs"] == 2 and status["state"] == "finished"
+    assert sorted(p.name for p in folder.glob("*.png")) == [e["file"] for e in after]
+
+
+def _history_entries(output):
+    folders = list(output.rglob("fit_history")) if output.exists() else []
+    return read_index(folders[0]) if folders else []

@@ -132,6 +132,12 @@ class PageHandler(BaseHandler):
         self.finish(resources.files("autofit_jaxviz.viewer").joinpath("page.html").read_bytes())
 
 
+class NoIconHandler(BaseHandler):
+    def get(self) -> None:
+        self.set_status(204)  # browsers ask; an answer keeps the log free of 404s
+        self.finish()
+
+
 class FitsHandler(BaseHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -200,6 +206,7 @@ def make_app(state: ViewerState, *, token: str | None,
     options = {"state": state, "token": token, "hosts": hosts}
     return tornado.web.Application([
         (r"/", PageHandler, options),
+        (r"/favicon.ico", NoIconHandler, options),
         (r"/api/fits", FitsHandler, options),
         (r"/api/index", IndexHandler, options),
         (r"/picture", PictureHandler, options),
