@@ -269,7 +269,7 @@ def test_the_history_survives_a_fit_killed_and_resumed(tmp_path):
     first = subprocess.Popen([sys.executable, str(script), str(output), "resumed"], env=env)
     try:
         deadline = time.monotonic() + 240
-        while len(entries := _history_entries(output)) < 3:
+        while len(_history_entries(output)) < 3:
             assert first.poll() is None, "the fit ended before it could be killed"
             assert time.monotonic() < deadline, "no three pictures in time"
             time.sleep(0.05)
