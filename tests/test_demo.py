@@ -27,6 +27,7 @@ from autofit_jaxviz.demo import DemoFrame, FitRenderer, run_demo, simulate
 from autofit_jaxviz.demo.figure import IMAGE_SIZE
 from autofit_jaxviz.demo.model import START, TRUTH
 from autofit_jaxviz.demo.run import IMAGE_NAME
+from autofit_jaxviz.history import read_index, read_status
 from autofit_jaxviz.payload import BestFit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,6 +170,8 @@ def test_progress_refreshes_one_line_on_a_tty_and_prints_few_lines_otherwise() -
         ("--seed", "x1", "integer >= 0"),
         ("--every", "0", "positive integer"),
         ("--backend", "gpu", "choose from"),
+        ("--view", "70000", "port 0-65535"),
+        ("--view", "web", "port 0-65535"),
     ],
 )
 def test_bad_options_exit_2_naming_the_value(
@@ -256,7 +259,8 @@ def test_cli_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert str(png) in stdout and "steps/s" in stdout and "rendered" in stdout
     assert "\r" not in stdout  # captured output is not a terminal: plain lines
     assert sum(line.startswith("step ") for line in stdout.splitlines()) <= 11
-    assert sorted(p.name for p in out.iterdir()) == [IMAGE_NAME]
+    assert sorted(p.name for p in out.iterdir()) == [IMAGE_NAME, "fit_history"]
+    assert f"python -m autofit_jaxviz view {out}" in stdout
 
 
 def test_run_demo_rewrites_the_image_during_the_run(tmp_path: Path) -> None:
@@ -285,6 +289,13 @@ def test_run_demo_rewrites_the_image_during_the_run(tmp_path: Path) -> None:
     assert seen[-1][1] == pytest.approx(result.best_log_likelihood)
     assert result.best_log_likelihood > demo.log_likelihood(START, simulate(0)) + 1000
     assert result.total_steps == 100 and result.steps_per_second > 0
+    # every picture is in the history, with its step and log-likelihood
+    entries = read_index(tmp_path / "fit_history")
+    assert [(e["step"], e["log_likelihood"]) for e in entries] == [
+        (step, pytest.approx(ll)) for step, ll, _ in seen]
+    assert [hashlib.sha256((tmp_path / "fit_history" / e["file"]).read_bytes()).hexdigest()
+            for e in entries] == [digest for _, _, digest in seen]
+    assert read_status(tmp_path / "fit_history")["state"] == "finished"
 
 
 def test_no_viz_baseline_runs_the_same_chain_without_images(tmp_path: Path) -> None:

@@ -45,6 +45,13 @@ def _output_folder(text: str) -> Path:
     return path
 
 
+def _port(text: str) -> int:
+    value = _int_at_least(0, "a port 0-65535")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options (used by ``python -m autofit_jaxviz demo``)."""
     parser.add_argument(
@@ -69,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--every", type=_int_at_least(1, "a positive integer"), default=1, metavar="N",
         help="report an improved best fit to the host at most once per N steps (default: 1)")
+    parser.add_argument(
+        "--view", nargs="?", type=_port, const=8765, default=None,
+        metavar="PORT", help="also serve the live page of the fit (python -m autofit_jaxviz "
+        "view DIR) on 127.0.0.1:PORT (default port 8765; 0: any free port)")
     parser.add_argument(
         "--no-viz", dest="visualize", action="store_false",
         help="the baseline: the same sampler with no tracker, no callbacks and no images, "
@@ -98,5 +109,6 @@ def command(args: argparse.Namespace) -> int:
         every=args.every,
         visualize=args.visualize,
         progress=True,
+        viewer_port=args.view,
     )
     return 0

@@ -14,9 +14,17 @@ import numpy as np
 
 from autofit_jaxviz.backends import BACKENDS, Backend
 from autofit_jaxviz.demo.figure import DemoFrame, FitRenderer, FrameSource
-from autofit_jaxviz.demo.model import START, TRUTH, describe_parameters, log_likelihood, simulate
+from autofit_jaxviz.demo.model import (
+    PARAMETER_NAMES,
+    START,
+    TRUTH,
+    describe_parameters,
+    log_likelihood,
+    simulate,
+)
 from autofit_jaxviz.demo.progress import Progress
 from autofit_jaxviz.demo.sampler import build_sampler, float_dtype, require_sampler
+from autofit_jaxviz.history import PictureHistory, history_folder
 from autofit_jaxviz.render.worker import QuickUpdateWorker, WorkerStats
 
 if TYPE_CHECKING:
@@ -103,6 +111,8 @@ def run_demo(
     on_rendered: Callable[[DemoFrame, Path], None] | None = None,
     progress: bool = False,
     stream: TextIO | None = None,
+    history: bool = True,
+    viewer_port: int | None = None,
 ) -> DemoResult:
     """Simulate the galaxy, sample it with jitted NUTS, keep ``output/fit.png`` up to date.
 
@@ -112,7 +122,9 @@ def run_demo(
     writes the progress line and summary to ``stream`` (default stdout).
     ``every`` is the tracker's ``every``: at most one host call per that many
     steps. ``visualize=False`` is the baseline: the same scan without tracker,
-    progress callback or worker.
+    progress callback or worker. ``history``: every picture is also kept in
+    ``output/fit_history`` (what the live page shows); ``viewer_port``: start
+    the live page on ``output`` at that port (0: any free one).
 
     Raises :class:`MissingDependencyError` without JAX or BlackJAX and
     ``ValueError`` for bad arguments.
@@ -146,9 +158,18 @@ def run_demo(
     meter: Progress | None = None
     tracker: BestFitTracker | None = None
     source: FrameSource | None = None
+    pictures: PictureHistory | None = None
     if image is not None:
+        pictures = PictureHistory(history_folder(image), name="demo: NUTS on a Sersic galaxy",
+                                  names=list(PARAMETER_NAMES)) if history else None
+        if viewer_port is not None:
+            from autofit_jaxviz.viewer.launch import ensure_viewer
+
+            ensure_viewer(str(output), viewer_port)
 
         def after_render(frame: DemoFrame, path: Path) -> None:
+            if pictures is not None:
+                pictures.record(path, frame.best)
             if meter is not None:
                 meter.on_rendered(frame, path)
             if on_rendered is not None:
@@ -167,6 +188,9 @@ def run_demo(
         "in one jitted lax.scan")
     if image is not None:
         say(f"live best fit ({backend} backend): {image}")
+        if pictures is not None and viewer_port is None:
+            say(f"every picture is kept in {pictures.folder}; watch it in a browser with: "
+                f"python -m autofit_jaxviz view {output}")
     else:
         say("--no-viz: no tracker, no progress callback, no images (the baseline)")
 
@@ -200,6 +224,10 @@ def run_demo(
     finally:
         if worker is not None:
             worker.shutdown(timeout=120)  # draws the final best fit first
+            if pictures is not None:
+                error = sys.exc_info()[1]
+                pictures.finish("finished" if error is None else "failed",
+                                None if error is None else f"{type(error).__name__}: {error}")
         if meter is not None:
             meter.finish()
 
