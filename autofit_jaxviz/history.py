@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from autofit_jaxviz.payload import BestFit
+from autofit_jaxviz.render.png import PNG_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +189,12 @@ class PictureHistory:
         if not isinstance(picture, str | os.PathLike | bytes | bytearray):
             return None  # a render that wrote no picture (only model.results)
         with self.lock:
+            if not self._guarded("read", _is_png, picture):
+                if "not a png" not in self._failures:
+                    self._failures.add("not a png")
+                    logger.info("%s is not a PNG picture: the history keeps only PNGs (the "
+                                "page shows them), so it is not kept", _describe(picture))
+                return None
             return self._guarded("record", self._record, picture, best, final)
 
     def finish(self, state: str = "finished", error: str | None = None) -> None:
@@ -261,6 +268,17 @@ class PictureHistory:
 
     def __repr__(self) -> str:
         return f"PictureHistory({str(self.folder)!r}, pictures={len(self.entries)})"
+
+
+def _is_png(picture: Any) -> bool:
+    if isinstance(picture, bytes | bytearray):
+        return bytes(picture[:8]) == PNG_SIGNATURE
+    with open(picture, "rb") as f:
+        return f.read(8) == PNG_SIGNATURE
+
+
+def _describe(picture: Any) -> str:
+    return f"{len(picture)} bytes" if isinstance(picture, bytes | bytearray) else str(picture)
 
 
 def _flat_list(parameters: Any) -> list[float] | dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -119,6 +120,16 @@ def test_a_history_that_cannot_be_written_is_logged_once_and_the_fit_goes_on(tmp
     warnings = [r for r in caplog.records if "could not be written" in r.getMessage()]
     assert len(warnings) == 2  # one for the start, one for recording: not one per picture
     assert str(blocker) in warnings[0].getMessage()
+
+
+def test_only_png_pictures_are_kept(tmp_path, caplog):
+    history = PictureHistory(tmp_path / "h", name="fit")
+    with caplog.at_level(logging.INFO, logger="autofit_jaxviz.history"):
+        assert history.record(os.devnull, BestFit(1.0, np.zeros(1), 1)) is None  # a no-op draw
+        assert history.record(b"GIF89a...", BestFit(2.0, np.zeros(1), 2)) is None
+    assert read_index(tmp_path / "h") == [] and not list((tmp_path / "h").glob("*.png"))
+    assert sum("is not a PNG" in r.getMessage() for r in caplog.records) == 1
+    assert history.record(png(3), BestFit(3.0, np.zeros(1), 3)) == 1
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "50"])
