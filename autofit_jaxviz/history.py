@@ -63,14 +63,16 @@ def picture_name(number: int) -> str:
 
 
 def spaced_numbers(ratio: float, limit: int) -> set[int]:
-    """The picture numbers up to ``limit`` that are kept however old: 1 and
-    ``floor(ratio ** i)``. The set never depends on how many pictures there are,
-    so a picture kept once stays kept and the rule never needs an old one back."""
+    """The picture numbers up to ``limit`` that are kept however old: 1, then
+    each next one ``ratio`` times the last (at least one more). The set never
+    depends on how many pictures there are, so a picture kept once stays kept
+    and the rule never needs an old one back; it has about ``log(limit) /
+    log(ratio)`` members, however close to 1 the ratio."""
     numbers = set()
     value = 1.0
     while value <= limit:
         numbers.add(int(value))
-        value *= ratio
+        value = max(value * ratio, math.floor(value) + 1.0)
     return numbers
 
 
@@ -100,8 +102,8 @@ def read_index(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The index of a history folder, oldest first; ``[]`` if there is none.
     A line that cannot be read (a disk that filled up) is skipped, not fatal."""
     try:
-        text = (Path(folder) / INDEX_NAME).read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
+        text = (Path(folder) / INDEX_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError:  # none yet, or unreadable: no history to show
         return []
     entries = []
     for line in text.splitlines():
@@ -109,7 +111,8 @@ def read_index(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
             entry = json.loads(line)
         except ValueError:
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("n"), int):
+        if (isinstance(entry, dict) and type(entry.get("n")) is int
+                and entry.get("file") == picture_name(entry["n"])):
             entries.append(entry)
     return entries
 
@@ -117,10 +120,18 @@ def read_index(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def read_status(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The status of a history folder, or ``None`` if it has none (yet)."""
     try:
-        status = json.loads((Path(folder) / STATUS_NAME).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, ValueError):
+        status = json.loads((Path(folder) / STATUS_NAME).read_text(encoding="utf-8",
+                                                                   errors="replace"))
+    except (OSError, ValueError):  # none, unreadable, or torn by a foreign writer
         return None
     return status if isinstance(status, dict) else None
+
+
+def number_or_none(value: Any) -> float | None:
+    """A finite number from a file someone else may have written, else ``None``."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _finite(value: float) -> float | None:
@@ -159,28 +170,51 @@ class PictureHistory:
         self.folder = Path(folder)
         self.retention = retention or Retention()
         self.lock = threading.Lock()
-        self.entries = read_index(self.folder)  # a resumed fit continues its history
-        previous = read_status(self.folder) or {}
+        self._failures: set[str] = set()
         now = time.time()
+        # a resumed fit continues its history; anything unreadable starts afresh
+        self.entries = read_index(self.folder)
+        previous = read_status(self.folder) or {}
+        self._next = self._guarded("resume", self._clean_up) or 1
+        runs = previous.get("runs")
         self.status: dict[str, Any] = {
             "format": 1,
             "name": name,
             "state": "running",
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "started": previous.get("started", now),
+            "started": number_or_none(previous.get("started")) or now,
             "run_started": now,
-            "runs": int(previous.get("runs", 0)) + 1,
+            "runs": (runs if type(runs) is int and runs > 0 else 0) + 1,
             "updated": now,
             "pictures": len(self.entries),
             "latest": self.entries[-1]["n"] if self.entries else None,
-            "latest_entry": self.entries[-1] if self.entries else None,
-            "best_log_likelihood": previous.get("best_log_likelihood"),
-            "parameter_names": names if names is not None else previous.get("parameter_names"),
+            "latest_entry": _summary_entry(self.entries[-1]) if self.entries else None,
+            "best_log_likelihood": number_or_none(previous.get("best_log_likelihood")),
+            "parameter_names": names if names is not None else _names(
+                previous.get("parameter_names")),
             "error": None,
         }
-        self._failures: set[str] = set()
         self._guarded("start", self._write_status)
+
+    def _clean_up(self) -> int:
+        """On start: the next free number (past every picture on disk, listed or
+        not, so a lost index never reuses a number a browser has cached), and
+        pictures no index names (a kill between the index and the deletions)
+        and temporary files of killed writes removed."""
+        listed = {e["file"] for e in self.entries}
+        highest = max((e["n"] for e in self.entries), default=0)
+        if not self.folder.is_dir():
+            return highest + 1
+        for path in self.folder.iterdir():
+            match = PICTURE_NAME.match(path.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+                if path.name not in listed:
+                    path.unlink(missing_ok=True)
+            elif path.name.startswith(".") and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+        return highest + 1
 
     def record(self, picture: Any, best: BestFit, *, final: bool = False) -> int | None:
         """Keep a copy of the picture just drawn for ``best`` (its path, or PNG
@@ -206,7 +240,7 @@ class PictureHistory:
             self._guarded("finish", self._write_status)
 
     def _record(self, picture: Any, best: BestFit, final: bool) -> int:
-        number = (self.entries[-1]["n"] + 1) if self.entries else 1
+        number = self._next
         name = picture_name(number)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{name}.{uuid.uuid4().hex}.tmp"
@@ -220,9 +254,10 @@ class PictureHistory:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
+        self._next = number + 1  # never reused, even if the index cannot be written
         now = time.time()
         log_likelihood = float(best.log_likelihood)
-        self.entries.append({
+        entries = [*self.entries, {
             "n": number,
             "file": name,
             "time": now,
@@ -231,14 +266,15 @@ class PictureHistory:
             "log_likelihood": _finite(log_likelihood),
             "parameters": _flat_list(best.parameters),
             "final": final,
-        })
-        keep = set(kept((e["n"] for e in self.entries), keep_recent=self.retention.keep_recent,
+        }]
+        keep = set(kept((e["n"] for e in entries), keep_recent=self.retention.keep_recent,
                         keep_ratio=self.retention.keep_ratio))
-        dropped = [e for e in self.entries if e["n"] not in keep]
-        self.entries = [e for e in self.entries if e["n"] in keep]
+        dropped = [e for e in entries if e["n"] not in keep]
+        entries = [e for e in entries if e["n"] in keep]
         # the index first: it never names a picture that is gone
         _write_atomically(self.folder / INDEX_NAME,
-                          "".join(json.dumps(e) + "\n" for e in self.entries))
+                          "".join(json.dumps(e, allow_nan=False) + "\n" for e in entries))
+        self.entries = entries  # only once the index on disk says so
         for entry in dropped:
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / entry["file"]).unlink()
@@ -248,13 +284,13 @@ class PictureHistory:
         # the newest index line rides along in the status: a page that has the
         # rest appends it without reading the whole index again
         self.status.update(updated=now, pictures=len(self.entries), latest=number,
-                           latest_entry=self.entries[-1])
+                           latest_entry=_summary_entry(self.entries[-1]))
         self._write_status()
         return number
 
     def _write_status(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.folder / STATUS_NAME, json.dumps(self.status))
+        _write_atomically(self.folder / STATUS_NAME, json.dumps(self.status, allow_nan=False))
 
     def _guarded(self, what: str, action: Any, *args: Any) -> Any:
         try:
@@ -268,6 +304,24 @@ class PictureHistory:
 
     def __repr__(self) -> str:
         return f"PictureHistory({str(self.folder)!r}, pictures={len(self.entries)})"
+
+
+#: Parameters longer than this (as JSON) stay out of the status every push carries.
+SUMMARY_PARAMETERS_CHARS = 2000
+
+
+def _summary_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """The newest index line as every push to the page carries it: with its
+    parameters only when they are few (a grid of fits must not push megabytes)."""
+    if len(json.dumps(entry.get("parameters"))) <= SUMMARY_PARAMETERS_CHARS:
+        return dict(entry)
+    return {k: v for k, v in entry.items() if k != "parameters"}
+
+
+def _names(value: Any) -> list[str] | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
 
 
 def _is_png(picture: Any) -> bool:

@@ -179,6 +179,17 @@ def test_a_fit_that_raises_is_marked_failed_in_its_history(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_fit_run_while_an_outer_exception_is_handled_is_not_marked_failed(tmp_path):
+    live.enable(background=True, backend="thread")
+    try:
+        raise KeyError("handled by the user's own except")
+    except KeyError:
+        _emcee("in_except", nsteps=60).fit(model=gaussian_model(), analysis=_analysis())
+    status = read_status(next((tmp_path / "output").rglob("fit_history")))
+    assert status["state"] == "finished" and status["error"] is None
+
+
+@pytest.mark.slow
 def test_same_seed_same_samples_with_library_on_and_off():
     def samples(name):
         result = _emcee(name, nsteps=60).fit(model=gaussian_model(), analysis=_analysis())

@@ -142,3 +142,36 @@ def test_bad_keep_recent_is_named(bad):
 def test_bad_keep_ratio_is_named(bad):
     with pytest.raises(ValueError, match="keep_ratio must be a finite number > 1"):
         Retention(keep_ratio=bad)
+
+
+def test_a_corrupt_history_folder_never_stops_the_fit(tmp_path):
+    folder = tmp_path / "fit_history"
+    folder.mkdir()
+    (folder / INDEX_NAME).write_bytes(b"\xff\xfe\x00 not utf-8\n{\"n\": \"2\"}\n")
+    (folder / "status.json").write_text('{"runs": null, "started": "yesterday", '
+                                        '"best_log_likelihood": NaN, "parameter_names": 3}')
+    history = PictureHistory(folder, name="fit")  # nothing raised
+    assert history.record(png(1), BestFit(1.0, np.zeros(1), 1)) == 1
+    status = read_status(folder)
+    assert status["runs"] == 1 and isinstance(status["started"], float)
+    assert status["best_log_likelihood"] == 1.0 and status["parameter_names"] is None
+
+
+def test_a_lost_index_never_reuses_a_number_and_orphans_are_cleared(tmp_path):
+    folder = tmp_path / "fit_history"
+    first = PictureHistory(folder, name="fit")
+    for i in range(3):
+        first.record(png(i), BestFit(float(i), np.zeros(1), i))
+    (folder / INDEX_NAME).unlink()  # a power cut took the index
+    (folder / ".000009.png.abc.tmp").write_bytes(b"half")  # a killed write
+    resumed = PictureHistory(folder, name="fit")
+    # a browser caches pictures by number: 1-3 are never reused for other pictures
+    assert resumed.record(png(7), BestFit(7.0, np.zeros(1), 7)) == 4
+    assert [e["n"] for e in read_index(folder)] == [4]
+    assert sorted(p.name for p in folder.iterdir()) == ["000004.png", INDEX_NAME, "status.json"]
+
+
+def test_spaced_numbers_stay_few_for_a_ratio_close_to_one():
+    numbers = spaced_numbers(1.000001, 1000)
+    assert numbers == set(range(1, 1001))  # every one, found in one pass per number
+    assert len(spaced_numbers(1.25, 10**6)) < 80

@@ -1,4 +1,4 @@
-"""A real autofit fit for the page tests: ``python tests/viewer_fit.py OUTPUT NAME [viewer]``.
+"""A real autofit fit for the page tests: ``viewer_fit.py OUTPUT NAME [viewer] [twice]``.
 
 autofit's example Gaussian under Emcee, with the library on (render process)
 and a likelihood slowed to about 2 ms so the fit runs for several seconds
@@ -32,9 +32,11 @@ def main(output: str, name: str, *options: str) -> None:
     viewer = {"viewer": True, "viewer_port": 0} if "viewer" in options else {}
     live.enable(background=True, min_render_interval=0.25, **viewer)
     data, noise = gaussian_data()
-    search = af.Emcee(name=name, nwalkers=20, nsteps=300, iterations_per_quick_update=200,
-                      silence=True, seed=1)
-    search.fit(model=gaussian_model(), analysis=SlowAnalysis(data=data, noise_map=noise))
+    names = [name, f"{name}_2"] if "twice" in options else [name]  # a pipeline of two
+    for search_name in names:
+        search = af.Emcee(name=search_name, nwalkers=20, nsteps=300,
+                          iterations_per_quick_update=200, silence=True, seed=1)
+        search.fit(model=gaussian_model(), analysis=SlowAnalysis(data=data, noise_map=noise))
 
 
 if __name__ == "__main__":

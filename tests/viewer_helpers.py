@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -60,12 +61,18 @@ def served(root, *, host: str = "127.0.0.1", token: str | None = None) -> Iterat
 
 def get(url: str, path: str, *, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """A raw GET (the path is sent exactly as given: no normalisation of ``..``)."""
+    status, body, _ = get_with_headers(url, path, headers=headers)
+    return status, body
+
+
+def get_with_headers(url: str, path: str, *, headers: dict[str, str] | None = None
+                     ) -> tuple[int, bytes, dict[str, str]]:
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
         connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
-        return response.status, response.read()
+        return response.status, response.read(), dict(response.getheaders())
     finally:
         connection.close()
 
@@ -73,18 +80,22 @@ def get(url: str, path: str, *, headers: dict[str, str] | None = None) -> tuple[
 class EventReader:
     """The page's event stream, read as a browser's EventSource would."""
 
-    def __init__(self, url: str, query: str = "") -> None:
+    def __init__(self, url: str, query: str = "", timeout: float = 30) -> None:
         parts = urlsplit(url)
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port,
+                                                     timeout=timeout)
         self.connection.request("GET", "/events" + query)
         self.response = self.connection.getresponse()
         assert self.response.status == 200, self.response.status
         assert self.response.getheader("Content-Type") == "text/event-stream"
 
-    def next_fits(self) -> list[dict]:
-        """The fit list of the next ``fits`` event (blocks up to the timeout)."""
+    def next_fits(self, deadline: float | None = None) -> list[dict]:
+        """The fit list of the next ``fits`` event (blocks up to the socket's
+        timeout per read, and past ``deadline``, a ``time.monotonic()``, not at all)."""
         event, data = None, None
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("no fits event before the deadline")
             line = self.response.fp.readline().decode()
             if not line:
                 raise EOFError("the event stream closed")

@@ -241,6 +241,7 @@ def _draw_result(analysis: Any, samples: Any) -> None:
     hub = awaiting_result.get(id(analysis))
     if hub is None or hub.analysis is not analysis:
         return
+    hub.fit_succeeded()
     try:
         vector = samples.max_log_likelihood(as_instance=False)
         log_likelihood = float(samples.max_log_likelihood_sample.log_likelihood)

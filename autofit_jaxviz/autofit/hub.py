@@ -182,6 +182,8 @@ class Hub:
         if os.getpid() != self.owner:
             return True  # a child: the parent owns the worker
         # autofit shuts quick updates down from its `except` when the search raised
+        # (an exception an outer `except` of the user's handles looks the same:
+        # the success path's final update puts it right, see fit_succeeded)
         error = sys.exc_info()[1]
         deadline = time.monotonic() + self.shutdown_timeout
         children = None
@@ -220,6 +222,11 @@ class Hub:
                 "finished" if error is None else "failed",
                 None if error is None else f"{type(error).__name__}: {error}")
         return finished
+
+    def fit_succeeded(self) -> None:
+        """autofit went on to its final update: the search did not raise."""
+        if self.history is not None and self.history.status.get("state") != "finished":
+            self.history.finish("finished")
 
     def draw_result(self, vector: Any, log_likelihood: float) -> bool:
         """After the fit: the picture left behind must show the maximum-likelihood

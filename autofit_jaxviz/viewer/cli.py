@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-remote", action="store_true",
                         help="required to listen on an address other machines can reach; "
                         "the page then needs a random access token, printed in its address")
+    parser.add_argument("--poll", type=float, metavar="SECONDS",
+                        help="look for changes every SECONDS instead of waiting for the "
+                        "kernel's file notifications: for fits written by other machines "
+                        "to a network file system (NFS, Lustre, GPFS), which raise none here")
     parser.add_argument("--export", metavar="FILE",
                         help="write the history of one fit as an animated GIF and exit")
     parser.add_argument("--fit", metavar="ID",
@@ -37,6 +41,9 @@ def command(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         print(f"view: --port must be 0-65535, got {args.port}", file=sys.stderr)
+        return 2
+    if args.poll is not None and not 0.05 <= args.poll <= 3600:
+        print(f"view: --poll must be 0.05-3600 seconds, got {args.poll}", file=sys.stderr)
         return 2
     try:
         folders = FitFolders(args.folder)
@@ -63,7 +70,7 @@ def command(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await serve(folders.root, host=args.host, port=args.port, token=token,
-                    announce=announce, parent_pid=args.parent_pid, stop=stop)
+                    announce=announce, parent_pid=args.parent_pid, stop=stop, poll=args.poll)
 
     try:
         asyncio.run(main())

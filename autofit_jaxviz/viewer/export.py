@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from autofit_jaxviz.history import read_index
+from autofit_jaxviz.history import number_or_none, read_index
 
 #: The formats :func:`export_animation` writes, by file suffix.
 FORMATS = (".gif",)
@@ -35,7 +35,7 @@ def export_animation(folder: str | os.PathLike[str], target: str | os.PathLike[s
                          f"{frame_seconds!r} and {last_frame_seconds!r}")
     folder = Path(folder)
     frames = []
-    for entry in read_index(folder):
+    for entry in read_index(folder):  # only lines that name a numbered picture
         try:
             with Image.open(folder / entry["file"]) as picture:
                 frames.append((entry, picture.convert("RGB")))
@@ -51,11 +51,12 @@ def export_animation(folder: str | os.PathLike[str], target: str | os.PathLike[s
     for entry, picture in frames:
         canvas = Image.new("RGB", (width, height), "white")
         canvas.paste(picture, ((width - picture.width) // 2, BAND_HEIGHT))
-        log_likelihood = entry.get("log_likelihood")
+        log_likelihood = number_or_none(entry.get("log_likelihood"))
+        elapsed = number_or_none(entry.get("elapsed"))
         text = (f"#{entry['n']}  step {entry.get('step')}  log L = "
                 f"{'n/a' if log_likelihood is None else f'{log_likelihood:.6g}'}"
-                f"  t = {entry.get('elapsed', 0.0):.0f} s" + ("  (final)" if entry.get("final")
-                                                             else ""))
+                + ("" if elapsed is None else f"  t = {elapsed:.0f} s")
+                + ("  (final)" if entry.get("final") is True else ""))
         ImageDraw.Draw(canvas).text((8, 5), text, fill="black", font=font)
         images.append(canvas)
     durations = [int(frame_seconds * 1000)] * (len(images) - 1) + [int(last_frame_seconds * 1000)]

@@ -34,11 +34,27 @@ from autofit_jaxviz.viewer.fits import FitFolders
 
 logger = logging.getLogger(__name__)
 
+#: Cookies are shared by every port of a host: the cookie's name carries the port.
 TOKEN_COOKIE = "jaxviz_token"
 #: seconds between comment lines on idle event streams (finds closed connections)
 HEARTBEAT_SECONDS = 15.0
 #: seconds between checks that running fits' processes still exist
 LIVENESS_SECONDS = 5.0
+#: seconds between two full looks through the folder (a backstop for lost events)
+RESCAN_SECONDS = 60.0
+
+
+def host_name(host_header: str) -> str:
+    """``localhost:8765`` -> ``localhost``; ``[::1]:8765`` -> ``[::1]``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.split(":", 1)[0]
+
+
+def token_cookie(request: Any) -> str:
+    port = request.connection.stream.socket.getsockname()[1]
+    return f"{TOKEN_COOKIE}_{port}"
 
 
 def is_loopback(host: str) -> bool:
@@ -58,17 +74,37 @@ class ViewerState:
         self.fits: dict[str, Path] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.streams: set[EventsHandler] = set()
+        self._unreadable: set[str] = set()
 
     def rescan(self) -> bool:
         """Find every fit again; True if anything the page shows changed."""
-        self.fits = self.folders.scan()
-        return self.refresh(list(self.fits))
+        found = self.folders.scan()
+        gone = [fit_id for fit_id in self.fits if fit_id not in found]
+        self.fits = found
+        return self.refresh([*found, *gone])
+
+    def add_under(self, folder: str) -> list[str]:
+        """A folder appeared: the fits inside it (files written before the watch on
+        a new folder was in place raise no event of their own)."""
+        added = []
+        for fit_id, path in self.folders.scan(folder).items():
+            if fit_id not in self.fits:
+                self.fits[fit_id] = path
+                added.append(fit_id)
+        return added
 
     def refresh(self, fit_ids: list[str]) -> bool:
         changed = False
         for fit_id in fit_ids:
             folder = self.fits.get(fit_id)
-            summary = None if folder is None else self.folders.summary(fit_id, folder)
+            try:
+                summary = None if folder is None else self.folders.summary(fit_id, folder)
+            except Exception:  # noqa: BLE001 - one odd fit never stops the page
+                if fit_id not in self._unreadable:
+                    self._unreadable.add(fit_id)
+                    logger.warning("the status of fit %s cannot be read; it is left out",
+                                   fit_id, exc_info=True)
+                summary = None
             old = self.summaries.get(fit_id)
             if summary is None:
                 changed |= self.summaries.pop(fit_id, None) is not None
@@ -81,12 +117,14 @@ class ViewerState:
 
     def payload(self) -> str:
         fits = sorted(self.summaries.values(), key=lambda s: -(s.get("started") or 0))
-        return json.dumps({"fits": fits})
+        return json.dumps({"fits": fits}, allow_nan=False)
 
-    async def push(self) -> None:
+    def push(self) -> None:
+        """Every stream gets the fit list now; a stream still sending an older one
+        gets only the newest when it is done (a slow browser never holds up the rest)."""
         message = f"event: fits\ndata: {self.payload()}\n\n"
         for stream in list(self.streams):
-            await stream.send(message)
+            stream.offer(message)
 
 
 def _without_clock(summary: dict[str, Any]) -> dict[str, Any]:
@@ -103,10 +141,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.hosts = hosts
 
     def prepare(self) -> None:
-        if self.hosts and self.request.host.lower() not in self.hosts:
+        # the host name only: an SSH forward to another local port keeps it
+        if self.hosts and host_name(self.request.host) not in self.hosts:
             raise tornado.web.HTTPError(403, "unexpected Host header")
         if self.token is not None:
-            given = self.get_query_argument("token", None) or self.get_cookie(TOKEN_COOKIE)
+            given = (self.get_query_argument("token", None)
+                     or self.get_cookie(token_cookie(self.request)))
             if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
                 raise tornado.web.HTTPError(403, "missing or wrong access token")
 
@@ -126,7 +166,8 @@ class PageHandler(BaseHandler):
     def get(self) -> None:
         if self.token is not None and self.get_query_argument("token", None):
             # later requests (pictures, the event stream) carry it as a cookie
-            self.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Strict")
+            self.set_cookie(token_cookie(self.request), self.token, httponly=True,
+                            samesite="Strict")
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(resources.files("autofit_jaxviz.viewer").joinpath("page.html").read_bytes())
@@ -147,12 +188,15 @@ class FitsHandler(BaseHandler):
 
 class IndexHandler(BaseHandler):
     def get(self) -> None:
-        entries = self.state.folders.index(self.get_query_argument("fit", None))
+        fit_id = self.get_query_argument("fit", None)
+        entries = self.state.folders.index(fit_id)
         if entries is None:
             raise tornado.web.HTTPError(404)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"entries": entries}))
+        self.finish(json.dumps({"entries": entries,
+                                "parameter_names": self.state.folders.parameter_names(fit_id)},
+                               allow_nan=False))
 
 
 class PictureHandler(BaseHandler):
@@ -162,7 +206,10 @@ class PictureHandler(BaseHandler):
         if path is None:
             raise tornado.web.HTTPError(404)
         try:
-            data = path.read_bytes()
+            # no link swapped in after the check: the file itself, or nothing
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
         except OSError:  # dropped by retention since it was listed
             raise tornado.web.HTTPError(404) from None
         self.set_header("Content-Type", "image/png")
@@ -172,29 +219,47 @@ class PictureHandler(BaseHandler):
 
 
 class EventsHandler(BaseHandler):
-    """One browser's event stream: the fit list now, then again at every change."""
+    """One browser's event stream: the fit list now, then again at every change.
+
+    Latest-only, like the render worker: while a message is still on its way
+    to a slow browser, newer ones replace each other and only the newest
+    follows, so a stalled connection holds one message, not a growing queue.
+    """
 
     async def get(self) -> None:
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-store")
         self.closed = asyncio.Event()
+        self.waiting: str | None = None
+        self.sending = False
         self.state.streams.add(self)
         try:
-            await self.send(f"retry: 1000\nevent: fits\ndata: {self.state.payload()}\n\n")
+            self.offer(f"retry: 1000\nevent: fits\ndata: {self.state.payload()}\n\n")
             while not self.closed.is_set():
                 try:
                     await asyncio.wait_for(self.closed.wait(), HEARTBEAT_SECONDS)
                 except TimeoutError:
-                    await self.send(": heartbeat\n\n")
+                    if not self.sending:
+                        self.offer(": heartbeat\n\n")
         finally:
             self.state.streams.discard(self)
 
-    async def send(self, message: str) -> None:
+    def offer(self, message: str) -> None:
+        self.waiting = message
+        if not self.sending:
+            self.sending = True
+            asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
         try:
-            self.write(message)
-            await self.flush()
+            while self.waiting is not None and not self.closed.is_set():
+                message, self.waiting = self.waiting, None
+                self.write(message)
+                await self.flush()
         except StreamClosedError:
             self.closed.set()
+        finally:
+            self.sending = False
 
     def on_connection_close(self) -> None:
         self.closed.set()
@@ -214,34 +279,66 @@ def make_app(state: ViewerState, *, token: str | None,
     ], compress_response=False, xsrf_cookies=False)
 
 
-def _is_fit_file(change: Any, path: str) -> bool:
-    return os.path.basename(path) in (STATUS_NAME, INDEX_NAME)
+def _worth_a_look(change: Any, path: str) -> bool:
+    """A fit's status or index replaced, or a new folder (which may hold a fit)."""
+    from watchfiles import Change
+
+    name = os.path.basename(path)
+    if name in (STATUS_NAME, INDEX_NAME):
+        return True
+    return change == Change.added and not name.startswith(".") and os.path.isdir(path)
 
 
-async def watch(state: ViewerState, stop: asyncio.Event) -> None:
-    """Push a change whenever a fit's status or index is replaced (inotify via watchfiles)."""
+async def watch(state: ViewerState, stop: asyncio.Event, poll: float | None = None) -> None:
+    """Push a change whenever a fit's status or index is replaced (inotify via
+    watchfiles; ``poll`` seconds: stat the files instead, for network file
+    systems whose writes from other machines raise no notification)."""
     from watchfiles import awatch
 
-    async for changes in awatch(state.folders.root, watch_filter=_is_fit_file, step=50,
-                                debounce=200, stop_event=stop, recursive=True):
-        folders = {os.path.dirname(path) for _, path in changes}
-        ids = [state.folders.fit_id(folder) for folder in folders]
-        if any(fit_id not in state.fits for fit_id in ids if fit_id is not None):
-            changed = state.rescan()  # a new fit started
-        else:
-            changed = state.refresh([fit_id for fit_id in ids if fit_id is not None])
-        if changed:
-            await state.push()
+    options: dict[str, Any] = {"step": 50, "debounce": 200}
+    if poll is not None:
+        options.update(force_polling=True, poll_delay_ms=int(poll * 1000))
+    async for changes in awatch(state.folders.root, watch_filter=_worth_a_look,
+                                stop_event=stop, recursive=True, **options):
+        try:
+            ids: set[str] = set()
+            for _, path in changes:
+                if os.path.basename(path) in (STATUS_NAME, INDEX_NAME):
+                    fit_id = state.folders.fit_id(os.path.dirname(path))
+                    if fit_id is not None and fit_id not in state.fits:
+                        ids.update(state.add_under(os.path.dirname(path)))
+                    elif fit_id is not None:
+                        ids.add(fit_id)
+                else:
+                    ids.update(state.add_under(path))
+            if state.refresh(sorted(ids)):
+                state.push()
+        except Exception:  # noqa: BLE001 - the page goes on with the next change
+            logger.warning("a change under %s could not be read", state.folders.root,
+                           exc_info=True)
 
 
 async def check_liveness(state: ViewerState, stop: asyncio.Event) -> None:
-    """A fit killed outright never writes ``failed``: notice its process is gone."""
+    """A fit killed outright never writes ``failed``: notice its process is gone.
+    Every ``RESCAN_SECONDS`` the whole folder is looked through again too, in
+    case a notification was lost (a full inotify queue)."""
+    waited = 0.0
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), LIVENESS_SECONDS)
         except TimeoutError:
-            if state.refresh(list(state.fits)):
-                await state.push()
+            waited += LIVENESS_SECONDS
+            try:
+                if waited >= RESCAN_SECONDS:
+                    waited = 0.0
+                    changed = state.rescan()
+                else:
+                    changed = state.refresh(list(state.fits))
+                if changed:
+                    state.push()
+            except Exception:  # noqa: BLE001 - try again at the next check
+                logger.warning("the fits under %s could not be read", state.folders.root,
+                               exc_info=True)
 
 
 async def watch_parent(pid: int, stop: asyncio.Event) -> None:
@@ -262,7 +359,7 @@ async def watch_parent(pid: int, stop: asyncio.Event) -> None:
 
 async def serve(root: str | os.PathLike[str], *, host: str, port: int, token: str | None,
                 announce: Any, parent_pid: int | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, poll: float | None = None) -> None:
     """Serve the page until ``stop`` is set (or the parent process is gone).
     ``announce(url)`` is called once the socket listens."""
     state = ViewerState(FitFolders(root))
@@ -271,12 +368,12 @@ async def serve(root: str | os.PathLike[str], *, host: str, port: int, token: st
     bound = sockets[0].getsockname()[1]
     # a loopback page without a token accepts only its own Host names: a web
     # site cannot reach it by pointing a name of its own at 127.0.0.1
-    hosts = frozenset({f"localhost:{bound}", f"127.0.0.1:{bound}", f"[::1]:{bound}"}
+    hosts = frozenset({"localhost", "127.0.0.1", "[::1]"}
                       if is_loopback(host) and token is None else ())
     server = tornado.httpserver.HTTPServer(make_app(state, token=token, hosts=hosts))
     server.add_sockets(sockets)
     stop = stop or asyncio.Event()
-    tasks = [asyncio.create_task(watch(state, stop)),
+    tasks = [asyncio.create_task(watch(state, stop, poll)),
              asyncio.create_task(check_liveness(state, stop))]
     if parent_pid is not None:
         tasks.append(asyncio.create_task(watch_parent(parent_pid, stop)))
