@@ -153,15 +153,18 @@ def emitter(
         for x, batched in zip((pred, ll, step, flat), in_batched, strict=True):
             args.append(x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape))
         pred, ll, step, flat = args
-        score = jnp.where(pred, clean_log_likelihood(ll), -jnp.inf)
-        onehot = jnp.arange(axis_size) == jnp.argmax(score)
-        out = emit(
-            jnp.any(pred & (score > -jnp.inf)),
-            select_row(onehot, ll),
-            select_row(onehot, step),
-            select_row(onehot, flat),
-        )
-        return jnp.broadcast_to(out, (axis_size,)), True
+        valid = pred & (clean_log_likelihood(ll) > -jnp.inf)
+        due = jnp.any(valid)
+
+        def reduce_and_emit(ll: Any, step: Any, flat: Any) -> None:
+            # only on a step that reports: the best row is found and sent
+            onehot = jnp.arange(axis_size) == jnp.argmax(
+                jnp.where(valid, clean_log_likelihood(ll), -jnp.inf))
+            emit(due, select_row(onehot, ll), select_row(onehot, step),
+                 select_row(onehot, flat))
+
+        lax.cond(due, reduce_and_emit, lambda *_: None, ll, step, flat)
+        return jnp.broadcast_to(due, (axis_size,)), True
 
     def call(pred: Any, ll: Any, step: Any, flat: Any) -> None:
         sg = lax.stop_gradient
