@@ -30,12 +30,12 @@ from bench_autofit import fmt_ratio, fmt_times, interleave
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
-    "NumPyro NUTS (1 chain, 700 warm-up + 1,400 samples)":
-        ("numpyro_sine.py", ["--warmup", "700", "--samples", "1400"]),
-    "BlackJAX NUTS (window_adaptation 500 + run_inference_algorithm 1,000)":
-        ("blackjax_sine.py", ["--warmup", "500", "--samples", "1000"]),
-    "optax Adam (32 vmapped starts, 30,000 updates)":
-        ("optax_multistart.py", ["--steps", "30000"]),
+    "NumPyro NUTS (1 chain, 2,300 warm-up + 4,600 samples)":
+        ("numpyro_sine.py", ["--warmup", "2300", "--samples", "4600"]),
+    "BlackJAX NUTS (window_adaptation 1,800 + run_inference_algorithm 3,600)":
+        ("blackjax_sine.py", ["--warmup", "1800", "--samples", "3600"]),
+    "optax Adam (32 vmapped starts, 100,000 updates)":
+        ("optax_multistart.py", ["--steps", "100000"]),
 }
 QUICK = {"numpyro_sine.py": ["--warmup", "100", "--samples", "100"],
          "blackjax_sine.py": ["--warmup", "100", "--samples", "100"],
