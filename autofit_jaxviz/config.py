@@ -170,7 +170,7 @@ _SPECS: dict[str, _Spec] = {
     "backend": _Spec(_parse_backend, " or ".join(repr(b) for b in BACKGROUND_BACKENDS)),
     "history": _Spec(_parse_bool, _BOOL_ALLOWED),
     "history_keep_ratio": _Spec(
-        _parse_ratio, "a finite number > 1 (older pictures kept at numbers 1, r, r^2, ...)"),
+        _parse_ratio, "a finite number > 1 (older pictures kept at numbers about r times apart)"),
     "history_keep_recent": _Spec(
         _integer_parser(1, 10**9), "a whole number of pictures >= 1"),
     "min_render_interval": _Spec(
