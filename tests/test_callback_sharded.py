@@ -51,7 +51,7 @@ def test_sharded_inputs_and_shard_map_report_once_per_improvement() -> None:
         f"{kind}-{axis}"
         for kind in ("jit-tracker", "jit-report", "shard_map-tracker", "shard_map-report")
         for axis in ("Explicit", "Auto")
-    } | {"shard_map-tracker-no-vma"}
+    } | {"shard_map-tracker-no-vma", "shard_map-report-one-device"}
     assert set(result["checks"]) == expected_names
     # The script already compared parameters with NumPy; here the exact delivered
     # sequences, and one host call per improvement, not one per device.
@@ -147,7 +147,7 @@ def _sharded_main() -> None:
             "received": sink.stats().received,
             "max_received": max_received,
         }
-        for f in got:
+        for f in got if rows is None or len(rows) else ():
             if rows is None:
                 want = params[f.step, np.nanargmax(lls[f.step])]
             else:
@@ -219,6 +219,22 @@ def _sharded_main() -> None:
         )
         jax.effects_barrier()
         record(f"shard_map-report-{axis_type}", got, exp_first, sink, 1, rows=params[0])
+
+    # 4b. the same where only the first device has a row worth sending (the others'
+    # likelihoods are NaN): every device still takes part in the reduction, no hang
+    mesh = jax.make_mesh((4,), ("w",), axis_types=(AxisType.Explicit,))
+    partial = np.array(params[0])
+    partial[partial.shape[0] // 4:] = np.nan
+    got = []
+    sink = HostSink(got.append)
+    jax.jit(jax.shard_map(report_batch(sink), mesh=mesh, in_specs=P("w"), out_specs=P("w")))(
+        jax.device_put(partial, NamedSharding(mesh, P("w"))))
+    jax.effects_barrier()
+    rows = partial[: partial.shape[0] // 4]
+    first_device = -np.sum(rows**2, axis=1)
+    record("shard_map-report-one-device", got, [[1, float(first_device.max())]], sink, 1,
+           rows=[])
+    np.testing.assert_array_equal(got[0].parameters, rows[np.argmax(first_device)])
 
     # 5. shard_map with check_vma=False: nothing is marked varying; still one call each.
     mesh = jax.make_mesh((4,), ("w",), axis_types=(AxisType.Explicit,))

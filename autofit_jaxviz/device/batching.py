@@ -163,7 +163,12 @@ def emitter(
             emit(due, select_row(onehot, ll), select_row(onehot, step),
                  select_row(onehot, flat))
 
-        lax.cond(due, reduce_and_emit, lambda *_: None, ll, step, flat)
+        if reduce_axes(valid, ll, step, flat)[0]:
+            # inside shard_map the emitter reduces across devices (collectives):
+            # every device must run it, whether or not it has a row to send
+            reduce_and_emit(ll, step, flat)
+        else:
+            lax.cond(due, reduce_and_emit, lambda *_: None, ll, step, flat)
         return jnp.broadcast_to(due, (axis_size,)), True
 
     def call(pred: Any, ll: Any, step: Any, flat: Any) -> None:
