@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 #: The history of ``fit.png`` lives in ``fit_history/`` beside it.
 FOLDER_SUFFIX = "_history"
 INDEX_NAME = "index.jsonl"
+LOCK_NAME = ".writer.lock"
 STATUS_NAME = "status.json"
 #: Picture files are named by number only: a viewer serves nothing else.
 PICTURE_NAME = re.compile(r"^(\d{6,})\.png$")
@@ -98,18 +99,24 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def read_index(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The index of a history folder, oldest first; ``[]`` if there is none.
-    A line that cannot be read (a disk that filled up) is skipped, not fatal."""
-    try:
-        text = (Path(folder) / INDEX_NAME).read_text(encoding="utf-8", errors="replace")
-    except OSError:  # none yet, or unreadable: no history to show
-        return []
+def _strict_json(text: str) -> Any:
+    """JSON as a browser reads it: ``NaN`` and ``Infinity`` are not JSON."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _index_text(folder: str | os.PathLike[str]) -> str:
+    return (Path(folder) / INDEX_NAME).read_text(encoding="utf-8", errors="replace")
+
+
+def _parse_index(text: str) -> list[dict[str, Any]]:
     entries = []
     for line in text.splitlines():
         try:
-            entry = json.loads(line)
-        except ValueError:
+            entry = _strict_json(line)
+        except (ValueError, RecursionError):
             continue
         if (isinstance(entry, dict) and type(entry.get("n")) is int
                 and entry.get("file") == picture_name(entry["n"])):
@@ -117,12 +124,21 @@ def read_index(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return entries
 
 
+def read_index(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The index of a history folder, oldest first; ``[]`` if there is none.
+    A line that cannot be read (a disk that filled up, a NaN) is skipped, not fatal."""
+    try:
+        return _parse_index(_index_text(folder))
+    except OSError:  # none yet, or unreadable: no history to show
+        return []
+
+
 def read_status(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The status of a history folder, or ``None`` if it has none (yet)."""
     try:
-        status = json.loads((Path(folder) / STATUS_NAME).read_text(encoding="utf-8",
-                                                                   errors="replace"))
-    except (OSError, ValueError):  # none, unreadable, or torn by a foreign writer
+        status = _strict_json((Path(folder) / STATUS_NAME).read_text(encoding="utf-8",
+                                                                     errors="replace"))
+    except (OSError, ValueError, RecursionError):  # none, unreadable, torn, or odd
         return None
     return status if isinstance(status, dict) else None
 
@@ -172,10 +188,21 @@ class PictureHistory:
         self.lock = threading.Lock()
         self._failures: set[str] = set()
         now = time.time()
+        self._lock_file = self._guarded("lock", self._take_lock)
+        self.enabled = self._lock_file is not None
         # a resumed fit continues its history; anything unreadable starts afresh
-        self.entries = read_index(self.folder)
-        previous = read_status(self.folder) or {}
-        self._next = self._guarded("resume", self._clean_up) or 1
+        self.entries = []
+        index_readable = True
+        try:
+            self.entries = _parse_index(_index_text(self.folder))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            index_readable = False  # not "no index": keep every picture on disk
+        previous = (read_status(self.folder) or {}) if self.enabled else {}
+        self._next = max((e["n"] for e in self.entries), default=0) + 1
+        if self.enabled:
+            self._next = self._guarded("resume", self._clean_up, index_readable) or self._next
         runs = previous.get("runs")
         self.status: dict[str, Any] = {
             "format": 1,
@@ -195,24 +222,41 @@ class PictureHistory:
                 previous.get("parameter_names")),
             "error": None,
         }
-        self._guarded("start", self._write_status)
+        if self.enabled:
+            self._guarded("start", self._write_status)
 
-    def _clean_up(self) -> int:
+    def _take_lock(self) -> Any:
+        """One writer per history folder: a second fit writing to the same output
+        folder at the same time would delete and renumber the first's pictures.
+        The lock (``flock``) goes with the process, also when it is killed."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = open(self.folder / LOCK_NAME, "a")  # noqa: SIM115 - held for the history's life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            logger.warning("another process is writing the picture history in %s; this one "
+                           "keeps none (its fit.png is still drawn)", self.folder)
+            return None
+        return lock
+
+    def _clean_up(self, index_readable: bool) -> int:
         """On start: the next free number (past every picture on disk, listed or
         not, so a lost index never reuses a number a browser has cached), and
         pictures no index names (a kill between the index and the deletions)
-        and temporary files of killed writes removed."""
+        and temporary files of killed writes removed, but only when the index
+        could be read (one that exists and cannot be read deletes nothing)."""
         listed = {e["file"] for e in self.entries}
         highest = max((e["n"] for e in self.entries), default=0)
-        if not self.folder.is_dir():
-            return highest + 1
         for path in self.folder.iterdir():
             match = PICTURE_NAME.match(path.name)
             if match:
                 highest = max(highest, int(match.group(1)))
-                if path.name not in listed:
+                if index_readable and path.name not in listed:
                     path.unlink(missing_ok=True)
-            elif path.name.startswith(".") and path.name.endswith(".tmp"):
+            elif index_readable and path.name.startswith(".") and path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)
         return highest + 1
 
@@ -220,8 +264,8 @@ class PictureHistory:
         """Keep a copy of the picture just drawn for ``best`` (its path, or PNG
         bytes); returns its number (``None`` when there was no picture or it
         could not be kept)."""
-        if not isinstance(picture, str | os.PathLike | bytes | bytearray):
-            return None  # a render that wrote no picture (only model.results)
+        if not self.enabled or not isinstance(picture, str | os.PathLike | bytes | bytearray):
+            return None  # another writer has the folder; or no picture (only model.results)
         with self.lock:
             if not self._guarded("read", _is_png, picture):
                 if "not a png" not in self._failures:
@@ -229,15 +273,35 @@ class PictureHistory:
                     logger.info("%s is not a PNG picture: the history keeps only PNGs (the "
                                 "page shows them), so it is not kept", _describe(picture))
                 return None
+            if self._lock_file is None:  # after finish: the result's picture, one more
+                self._lock_file = self._guarded("lock", self._take_lock)
+                if self._lock_file is None:
+                    return None
+                try:
+                    return self._guarded("record", self._record, picture, best, final)
+                finally:
+                    self._release()
             return self._guarded("record", self._record, picture, best, final)
 
     def finish(self, state: str = "finished", error: str | None = None) -> None:
         """The fit ended (``finished``) or raised (``failed``, with the error named)."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        if not self.enabled:
+            return
         with self.lock:
+            if self._lock_file is None:  # finished before: take the folder back a moment
+                self._lock_file = self._guarded("lock", self._take_lock)
+                if self._lock_file is None:
+                    return
             self.status.update(state=state, error=error, updated=time.time())
             self._guarded("finish", self._write_status)
+            self._release()  # the next fit on this output folder may write it now
+
+    def _release(self) -> None:
+        lock, self._lock_file = self._lock_file, None
+        if lock is not None:
+            lock.close()  # closing the file releases its flock
 
     def _record(self, picture: Any, best: BestFit, final: bool) -> int:
         number = self._next
@@ -272,8 +336,12 @@ class PictureHistory:
         dropped = [e for e in entries if e["n"] not in keep]
         entries = [e for e in entries if e["n"] in keep]
         # the index first: it never names a picture that is gone
-        _write_atomically(self.folder / INDEX_NAME,
-                          "".join(json.dumps(e, allow_nan=False) + "\n" for e in entries))
+        try:
+            _write_atomically(self.folder / INDEX_NAME,
+                              "".join(json.dumps(e, allow_nan=False) + "\n" for e in entries))
+        except BaseException:
+            (self.folder / name).unlink(missing_ok=True)  # no index line: no picture either
+            raise
         self.entries = entries  # only once the index on disk says so
         for entry in dropped:
             with contextlib.suppress(FileNotFoundError):

@@ -84,6 +84,7 @@ def test_a_resumed_fit_continues_its_history(tmp_path):
     first = PictureHistory(folder, name="fit")
     first.record(png(1), BestFit(1.0, np.zeros(1), 1))
     first.record(png(2), BestFit(2.0, np.zeros(1), 2))
+    first.finish()  # the process that ran it is gone (or done with it)
     started = read_status(folder)["started"]
     resumed = PictureHistory(folder, name="fit")  # the same output folder after a restart
     assert resumed.record(png(3), BestFit(3.0, np.zeros(1), 1)) == 3
@@ -118,7 +119,7 @@ def test_a_history_that_cannot_be_written_is_logged_once_and_the_fit_goes_on(tmp
         assert history.record(png(1), BestFit(1.0, np.zeros(1), 1)) is None
         assert history.record(png(2), BestFit(2.0, np.zeros(1), 2)) is None
     warnings = [r for r in caplog.records if "could not be written" in r.getMessage()]
-    assert len(warnings) == 2  # one for the start, one for recording: not one per picture
+    assert len(warnings) == 1  # once, at the start: not once per picture
     assert str(blocker) in warnings[0].getMessage()
 
 
@@ -162,13 +163,44 @@ def test_a_lost_index_never_reuses_a_number_and_orphans_are_cleared(tmp_path):
     first = PictureHistory(folder, name="fit")
     for i in range(3):
         first.record(png(i), BestFit(float(i), np.zeros(1), i))
+    first.finish()
     (folder / INDEX_NAME).unlink()  # a power cut took the index
     (folder / ".000009.png.abc.tmp").write_bytes(b"half")  # a killed write
     resumed = PictureHistory(folder, name="fit")
     # a browser caches pictures by number: 1-3 are never reused for other pictures
     assert resumed.record(png(7), BestFit(7.0, np.zeros(1), 7)) == 4
     assert [e["n"] for e in read_index(folder)] == [4]
-    assert sorted(p.name for p in folder.iterdir()) == ["000004.png", INDEX_NAME, "status.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".writer.lock", "000004.png", INDEX_NAME, "status.json"]
+
+
+def test_one_writer_per_history_folder(tmp_path, caplog):
+    folder = tmp_path / "fit_history"
+    first = PictureHistory(folder, name="first")
+    with caplog.at_level(logging.WARNING, logger="autofit_jaxviz.history"):
+        second = PictureHistory(folder, name="second")  # the same output folder, at once
+    assert any("another process is writing" in r.getMessage() for r in caplog.records)
+    assert second.record(png(9), BestFit(9.0, np.zeros(1), 9)) is None
+    assert first.record(png(1), BestFit(1.0, np.zeros(1), 1)) == 1
+    assert read_status(folder)["name"] == "first"
+    first.finish()
+    # after its end the result's picture still goes in (the lock is taken back a moment)
+    assert first.record(png(2), BestFit(2.0, np.zeros(1), 2), final=True) == 2
+    third = PictureHistory(folder, name="third")  # a later fit on the folder continues it
+    assert third.record(png(3), BestFit(3.0, np.zeros(1), 3)) == 3
+
+
+def test_nan_in_an_old_index_never_stops_the_history(tmp_path):
+    folder = tmp_path / "fit_history"
+    folder.mkdir()
+    (folder / "000001.png").write_bytes(png(1))
+    (folder / INDEX_NAME).write_text('{"n": 1, "file": "000001.png", "log_likelihood": NaN}\n'
+                                     + "[" * 100000 + "\n")
+    (folder / "status.json").write_text("[" * 100000)
+    history = PictureHistory(folder, name="fit")
+    assert history.record(png(2), BestFit(2.0, np.zeros(1), 2)) == 2
+    assert [e["n"] for e in read_index(folder)] == [2]
+    assert read_status(folder)["latest"] == 2
 
 
 def test_spaced_numbers_stay_few_for_a_ratio_close_to_one():

@@ -174,6 +174,7 @@ class Hub:
 
     def _become_local(self) -> None:
         self.owner = os.getpid()
+        self.history = None  # the parent's history is the parent's to write
         self.best = self.drawn = -np.inf
         self.lock = threading.Lock()
 

@@ -170,7 +170,8 @@ class FitFolders:
             "name": _text(status.get("name")) or fit_id,
             "state": state,
             "started": number_or_none(status.get("started")),
-            "elapsed": max(0.0, end - run_started) if run_started is not None else None,
+            "elapsed": (number_or_none(max(0.0, end - run_started))
+                        if run_started is not None else None),
             "updated": updated,
             "pictures": _count(status.get("pictures")),
             "latest": _count(status.get("latest")),

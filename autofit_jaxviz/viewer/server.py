@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import os
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,6 @@ def host_name(host_header: str) -> str:
     return host.split(":", 1)[0]
 
 
-def token_cookie(request: Any) -> str:
-    port = request.connection.stream.socket.getsockname()[1]
-    return f"{TOKEN_COOKIE}_{port}"
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -76,9 +72,9 @@ class ViewerState:
         self.streams: set[EventsHandler] = set()
         self._unreadable: set[str] = set()
 
-    def rescan(self) -> bool:
-        """Find every fit again; True if anything the page shows changed."""
-        found = self.folders.scan()
+    def rescan(self, found: dict[str, Path] | None = None) -> bool:
+        """Find every fit again (or take ``found``); True if anything the page shows changed."""
+        found = self.folders.scan() if found is None else found
         gone = [fit_id for fit_id in self.fits if fit_id not in found]
         self.fits = found
         return self.refresh([*found, *gone])
@@ -105,6 +101,11 @@ class ViewerState:
                     logger.warning("the status of fit %s cannot be read; it is left out",
                                    fit_id, exc_info=True)
                 summary = None
+            if summary is not None:
+                try:
+                    json.dumps(summary, allow_nan=False)
+                except ValueError:  # a value the checks missed: leave the fit out
+                    summary = None
             old = self.summaries.get(fit_id)
             if summary is None:
                 changed |= self.summaries.pop(fit_id, None) is not None
@@ -135,18 +136,19 @@ class BaseHandler(tornado.web.RequestHandler):
     """Checks every request: the Host header (no DNS rebinding onto a loopback
     page) and, when the page has one, the access token."""
 
-    def initialize(self, state: ViewerState, token: str | None, hosts: frozenset[str]) -> None:
+    def initialize(self, state: ViewerState, token: str | None, hosts: frozenset[str],
+                   cookie: str) -> None:
         self.state = state
         self.token = token
         self.hosts = hosts
+        self.cookie = cookie
 
     def prepare(self) -> None:
         # the host name only: an SSH forward to another local port keeps it
         if self.hosts and host_name(self.request.host) not in self.hosts:
             raise tornado.web.HTTPError(403, "unexpected Host header")
         if self.token is not None:
-            given = (self.get_query_argument("token", None)
-                     or self.get_cookie(token_cookie(self.request)))
+            given = self.get_query_argument("token", None) or self.get_cookie(self.cookie)
             if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
                 raise tornado.web.HTTPError(403, "missing or wrong access token")
 
@@ -166,8 +168,7 @@ class PageHandler(BaseHandler):
     def get(self) -> None:
         if self.token is not None and self.get_query_argument("token", None):
             # later requests (pictures, the event stream) carry it as a cookie
-            self.set_cookie(token_cookie(self.request), self.token, httponly=True,
-                            samesite="Strict")
+            self.set_cookie(self.cookie, self.token, httponly=True, samesite="Strict")
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(resources.files("autofit_jaxviz.viewer").joinpath("page.html").read_bytes())
@@ -207,8 +208,11 @@ class PictureHandler(BaseHandler):
             raise tornado.web.HTTPError(404)
         try:
             # no link swapped in after the check: the file itself, or nothing
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # (and never a FIFO or device swapped in, which would block the server)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise tornado.web.HTTPError(404)
                 data = f.read()
         except OSError:  # dropped by retention since it was listed
             raise tornado.web.HTTPError(404) from None
@@ -234,7 +238,8 @@ class EventsHandler(BaseHandler):
         self.sending = False
         self.state.streams.add(self)
         try:
-            self.offer(f"retry: 1000\nevent: fits\ndata: {self.state.payload()}\n\n")
+            self.write("retry: 1000\n\n")  # reconnect after a second, if the server restarts
+            self.offer(f"event: fits\ndata: {self.state.payload()}\n\n")
             while not self.closed.is_set():
                 try:
                     await asyncio.wait_for(self.closed.wait(), HEARTBEAT_SECONDS)
@@ -265,10 +270,11 @@ class EventsHandler(BaseHandler):
         self.closed.set()
 
 
-def make_app(state: ViewerState, *, token: str | None,
-             hosts: frozenset[str]) -> tornado.web.Application:
-    """The page's routes; ``hosts``: the Host headers accepted (empty: any)."""
-    options = {"state": state, "token": token, "hosts": hosts}
+def make_app(state: ViewerState, *, token: str | None, hosts: frozenset[str],
+             port: int) -> tornado.web.Application:
+    """The page's routes; ``hosts``: the Host names accepted (empty: any)."""
+    options = {"state": state, "token": token, "hosts": hosts,
+               "cookie": f"{TOKEN_COOKIE}_{port}"}
     return tornado.web.Application([
         (r"/", PageHandler, options),
         (r"/favicon.ico", NoIconHandler, options),
@@ -295,9 +301,27 @@ async def watch(state: ViewerState, stop: asyncio.Event, poll: float | None = No
     systems whose writes from other machines raise no notification)."""
     from watchfiles import awatch
 
-    options: dict[str, Any] = {"step": 50, "debounce": 200}
+    options: dict[str, Any] = {"step": 50, "debounce": 200, "ignore_permission_denied": True}
     if poll is not None:
         options.update(force_polling=True, poll_delay_ms=int(poll * 1000))
+    while not stop.is_set():
+        try:
+            await _watch_changes(state, stop, awatch, options)
+            return
+        except Exception as error:  # noqa: BLE001 - e.g. the inotify watch limit reached
+            if options.get("force_polling"):
+                logger.warning("watching %s failed (%s); changes are found by the full "
+                               "rescan every %.0f s only", state.folders.root, error,
+                               RESCAN_SECONDS)
+                return
+            logger.warning("file notifications for %s failed (%s: %s); looking for changes "
+                           "every second instead", state.folders.root, type(error).__name__,
+                           error)
+            options.update(force_polling=True, poll_delay_ms=1000)
+
+
+async def _watch_changes(state: ViewerState, stop: asyncio.Event, awatch: Any,
+                         options: dict[str, Any]) -> None:
     async for changes in awatch(state.folders.root, watch_filter=_worth_a_look,
                                 stop_event=stop, recursive=True, **options):
         try:
@@ -331,7 +355,9 @@ async def check_liveness(state: ViewerState, stop: asyncio.Event) -> None:
             try:
                 if waited >= RESCAN_SECONDS:
                     waited = 0.0
-                    changed = state.rescan()
+                    # off the event loop: a large tree on a network file system is slow
+                    found = await asyncio.to_thread(state.folders.scan)
+                    changed = state.rescan(found)
                 else:
                     changed = state.refresh(list(state.fits))
                 if changed:
@@ -370,7 +396,8 @@ async def serve(root: str | os.PathLike[str], *, host: str, port: int, token: st
     # site cannot reach it by pointing a name of its own at 127.0.0.1
     hosts = frozenset({"localhost", "127.0.0.1", "[::1]"}
                       if is_loopback(host) and token is None else ())
-    server = tornado.httpserver.HTTPServer(make_app(state, token=token, hosts=hosts))
+    server = tornado.httpserver.HTTPServer(make_app(state, token=token, hosts=hosts,
+                                                    port=bound))
     server.add_sockets(sockets)
     stop = stop or asyncio.Event()
     tasks = [asyncio.create_task(watch(state, stop, poll)),
