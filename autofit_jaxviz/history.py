@@ -104,7 +104,13 @@ def _strict_json(text: str) -> Any:
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
 
-    return json.loads(text, parse_constant=refuse)
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):  # 1e400
+            raise ValueError(f"{text} is not a finite number")
+        return value
+
+    return json.loads(text, parse_constant=refuse, parse_float=finite)
 
 
 def _index_text(folder: str | os.PathLike[str]) -> str:
@@ -171,6 +177,29 @@ class Retention:
             raise ValueError(f"keep_ratio must be a finite number > 1, got {self.keep_ratio!r}")
 
 
+class _Lock:
+    """A held ``flock`` (or none, where the file system has no locks).
+
+    Unlocked explicitly, by the process that took it only: a forked child
+    (an autofit pool worker) holds a copy of the descriptor, so closing it in
+    the parent would not free the lock, and unlocking it in the child would
+    free the parent's."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        if self.file is None:
+            return
+        if os.getpid() == self.pid:
+            import fcntl
+
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
 class PictureHistory:
     """One fit's history folder: :meth:`record` each finished picture, :meth:`finish` at the end.
 
@@ -228,19 +257,51 @@ class PictureHistory:
     def _take_lock(self) -> Any:
         """One writer per history folder: a second fit writing to the same output
         folder at the same time would delete and renumber the first's pictures.
-        The lock (``flock``) goes with the process, also when it is killed."""
-        import fcntl
-
+        The lock (``flock``) goes with the process, also when it is killed. On a
+        file system without ``flock`` (Lustre without the mount option, some
+        NFS) the history is written without one, saying so once."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return self._unlocked("this platform has no fcntl.flock")
         lock = open(self.folder / LOCK_NAME, "a")  # noqa: SIM115 - held for the history's life
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            logger.warning("another process is writing the picture history in %s; this one "
-                           "keeps none (its fit.png is still drawn)", self.folder)
+            if "busy" not in self._failures:
+                self._failures.add("busy")
+                logger.warning("another writer (a process, or a live view not yet closed) "
+                               "holds the picture history in %s; this one keeps none (its "
+                               "fit.png is still drawn)", self.folder)
             return None
-        return lock
+        except OSError as error:
+            lock.close()
+            return self._unlocked(f"the file system refuses flock ({error})")
+        return _Lock(lock)
+
+    def _unlocked(self, why: str) -> _Lock:
+        if "unlocked" not in self._failures:
+            self._failures.add("unlocked")
+            logger.warning("the picture history in %s is written without a lock, because %s: "
+                           "two fits on this output folder at once would mix their pictures",
+                           self.folder, why)
+        return _Lock(None)
+
+    def _retake_lock(self) -> bool:
+        """After :meth:`finish`: take the folder back for the result's picture,
+        unless another fit has written it since (its numbers and index would be
+        overwritten with this one's)."""
+        self._lock_file = self._guarded("lock", self._take_lock)
+        if self._lock_file is None:
+            return False
+        on_disk = read_status(self.folder) or {}
+        if (on_disk.get("pid") != self.status["pid"]
+                or on_disk.get("run_started") != self.status["run_started"]):
+            self._release()
+            return False
+        return True
 
     def _clean_up(self, index_readable: bool) -> int:
         """On start: the next free number (past every picture on disk, listed or
@@ -274,8 +335,7 @@ class PictureHistory:
                                 "page shows them), so it is not kept", _describe(picture))
                 return None
             if self._lock_file is None:  # after finish: the result's picture, one more
-                self._lock_file = self._guarded("lock", self._take_lock)
-                if self._lock_file is None:
+                if not self._retake_lock():
                     return None
                 try:
                     return self._guarded("record", self._record, picture, best, final)
@@ -291,8 +351,7 @@ class PictureHistory:
             return
         with self.lock:
             if self._lock_file is None:  # finished before: take the folder back a moment
-                self._lock_file = self._guarded("lock", self._take_lock)
-                if self._lock_file is None:
+                if not self._retake_lock():
                     return
             self.status.update(state=state, error=error, updated=time.time())
             self._guarded("finish", self._write_status)
@@ -301,7 +360,7 @@ class PictureHistory:
     def _release(self) -> None:
         lock, self._lock_file = self._lock_file, None
         if lock is not None:
-            lock.close()  # closing the file releases its flock
+            lock.release()
 
     def _record(self, picture: Any, best: BestFit, final: bool) -> int:
         number = self._next

@@ -15,6 +15,7 @@ methods with 405), and files are reached only through
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -35,7 +36,7 @@ from autofit_jaxviz.viewer.fits import FitFolders
 
 logger = logging.getLogger(__name__)
 
-#: Cookies are shared by every port of a host: the cookie's name carries the port.
+#: Cookies are shared by every port of a host: the cookie's name carries a tag of the token.
 TOKEN_COOKIE = "jaxviz_token"
 #: seconds between comment lines on idle event streams (finds closed connections)
 HEARTBEAT_SECONDS = 15.0
@@ -273,8 +274,9 @@ class EventsHandler(BaseHandler):
 def make_app(state: ViewerState, *, token: str | None, hosts: frozenset[str],
              port: int) -> tornado.web.Application:
     """The page's routes; ``hosts``: the Host names accepted (empty: any)."""
-    options = {"state": state, "token": token, "hosts": hosts,
-               "cookie": f"{TOKEN_COOKIE}_{port}"}
+    # named after the token: two pages forwarded to two local ports share cookies
+    tag = hashlib.sha256((token or "").encode()).hexdigest()[:16]
+    options = {"state": state, "token": token, "hosts": hosts, "cookie": f"{TOKEN_COOKIE}_{tag}"}
     return tornado.web.Application([
         (r"/", PageHandler, options),
         (r"/favicon.ico", NoIconHandler, options),
@@ -356,7 +358,10 @@ async def check_liveness(state: ViewerState, stop: asyncio.Event) -> None:
                 if waited >= RESCAN_SECONDS:
                     waited = 0.0
                     # off the event loop: a large tree on a network file system is slow
+                    before = set(state.fits)
                     found = await asyncio.to_thread(state.folders.scan)
+                    # a fit the watch added while the scan ran is not gone
+                    found.update({k: v for k, v in state.fits.items() if k not in before})
                     changed = state.rescan(found)
                 else:
                     changed = state.refresh(list(state.fits))
