@@ -11,7 +11,7 @@ pictures and export them as an animation.
 Everything is written atomically (a temporary file moved into place), so a
 reader sees the old index or the new one, never half of one, and the index
 never names a picture that is not yet on disk. Disk use is bounded by the
-retention rule of :func:`kept`: the newest ``keep_recent`` pictures plus
+retention rule of :func:`autofit_jaxviz.retention.kept`: the newest ``keep_recent`` pictures plus
 geometrically spaced older ones, so a fit of 1,000 pictures keeps under a
 hundred and its early pictures survive. A resumed fit (same output folder)
 continues the numbering.
@@ -30,13 +30,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autofit_jaxviz.payload import BestFit
 from autofit_jaxviz.render.png import PNG_SIGNATURE
+from autofit_jaxviz.retention import Retention, kept
 
 logger = logging.getLogger(__name__)
 
@@ -61,31 +60,6 @@ def history_folder(image: str | os.PathLike[str]) -> Path:
 
 def picture_name(number: int) -> str:
     return f"{number:06d}.png"
-
-
-def spaced_numbers(ratio: float, limit: int) -> set[int]:
-    """The picture numbers up to ``limit`` that are kept however old: 1, then
-    each next one ``ratio`` times the last (at least one more). The set never
-    depends on how many pictures there are, so a picture kept once stays kept
-    and the rule never needs an old one back; it has about ``log(limit) /
-    log(ratio)`` members, however close to 1 the ratio."""
-    numbers = set()
-    value = 1.0
-    while value <= limit:
-        numbers.add(int(value))
-        value = max(value * ratio, math.floor(value) + 1.0)
-    return numbers
-
-
-def kept(numbers: Iterable[int], *, keep_recent: int, keep_ratio: float) -> list[int]:
-    """Which of ``numbers`` the retention rule keeps: the newest ``keep_recent``
-    and the geometrically spaced older ones (:func:`spaced_numbers`)."""
-    ordered = sorted(numbers)
-    if not ordered:
-        return []
-    recent = set(ordered[-keep_recent:])
-    spaced = spaced_numbers(keep_ratio, ordered[-1])
-    return [n for n in ordered if n in recent or n in spaced]
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -158,23 +132,6 @@ def number_or_none(value: Any) -> float | None:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no inf or nan
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How many pictures a history keeps: see :func:`kept`."""
-
-    keep_recent: int = 50
-    keep_ratio: float = 1.25
-
-    def __post_init__(self) -> None:
-        if (not isinstance(self.keep_recent, int) or isinstance(self.keep_recent, bool)
-                or self.keep_recent < 1):
-            raise ValueError(f"keep_recent must be an integer >= 1 (pictures), got "
-                             f"{self.keep_recent!r}")
-        if (not isinstance(self.keep_ratio, int | float) or isinstance(self.keep_ratio, bool)
-                or not math.isfinite(self.keep_ratio) or not self.keep_ratio > 1):
-            raise ValueError(f"keep_ratio must be a finite number > 1, got {self.keep_ratio!r}")
 
 
 class _Lock:

@@ -18,7 +18,7 @@ from typing import Any
 from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import load_settings
 from autofit_jaxviz.device.lazy_jax import block_until_ready, effects_barrier
-from autofit_jaxviz.history import PictureHistory, Retention, history_folder
+from autofit_jaxviz.history import PictureHistory, history_folder
 from autofit_jaxviz.host.sink import HostSink
 from autofit_jaxviz.notebook import display_for_run
 from autofit_jaxviz.payload import BestFit
@@ -27,6 +27,7 @@ from autofit_jaxviz.render.preview import preview_dpi
 from autofit_jaxviz.render.process import ProcessRender
 from autofit_jaxviz.render.pyplot import PyplotGuarded
 from autofit_jaxviz.render.worker import QuickUpdateWorker, WorkerStats
+from autofit_jaxviz.retention import Retention
 
 
 class FigureRender:

@@ -12,14 +12,12 @@ import pytest
 from autofit_jaxviz.history import (
     INDEX_NAME,
     PictureHistory,
-    Retention,
     history_folder,
-    kept,
     read_index,
     read_status,
-    spaced_numbers,
 )
 from autofit_jaxviz.payload import BestFit
+from autofit_jaxviz.retention import Retention, kept, spaced_numbers
 
 
 def png(tag: int) -> bytes:

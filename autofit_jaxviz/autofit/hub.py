@@ -29,11 +29,12 @@ from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import Settings
 from autofit_jaxviz.device.lazy_jax import effects_barrier
 from autofit_jaxviz.flags import log_backend_decision, needs_host_conversion
-from autofit_jaxviz.history import PictureHistory, Retention, history_folder
+from autofit_jaxviz.history import PictureHistory, history_folder
 from autofit_jaxviz.payload import BestFit
 from autofit_jaxviz.render.process import ProcessRender
 from autofit_jaxviz.render.pyplot import PyplotGuarded, pyplot_guard
 from autofit_jaxviz.render.worker import QuickUpdateWorker
+from autofit_jaxviz.retention import Retention
 
 logger = logging.getLogger(__name__)
 
