@@ -25,16 +25,14 @@ import logging
 import math
 import os
 import re
-import shutil
 import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from autofit_jaxviz.payload import BestFit
-from autofit_jaxviz.render.png import PNG_SIGNATURE
+from autofit_jaxviz.render.png import PNG_SIGNATURE, write_png_atomically
 from autofit_jaxviz.retention import Retention, kept
 
 logger = logging.getLogger(__name__)
@@ -63,14 +61,8 @@ def picture_name(number: int) -> str:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    # the pictures' own atomic write: temporary file beside it, mode kept, os.replace
+    write_png_atomically(text.encode("utf-8"), path)
 
 
 def _strict_json(text: str) -> Any:
@@ -322,18 +314,9 @@ class PictureHistory:
     def _record(self, picture: Any, best: BestFit, final: bool) -> int:
         number = self._next
         name = picture_name(number)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            if isinstance(picture, bytes | bytearray):
-                tmp.write_bytes(picture)
-            else:
-                shutil.copyfile(picture, tmp)  # fit.png is replaced by the next picture
-            os.replace(tmp, self.folder / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        # a copy of the bytes: fit.png is replaced by the next picture
+        data = picture if isinstance(picture, bytes | bytearray) else Path(picture).read_bytes()
+        write_png_atomically(bytes(data), self.folder / name)
         self._next = number + 1  # never reused, even if the index cannot be written
         now = time.time()
         log_likelihood = float(best.log_likelihood)
