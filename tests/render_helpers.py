@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import os
 import threading
+import time
 from pathlib import Path
 
 from file_event import FileEvent
@@ -130,3 +131,19 @@ def jax_settings(_payload: object) -> tuple[str, str, str]:
     import jax.numpy as jnp
 
     return str(jnp.zeros(()).dtype), str(jax.config.jax_platforms), jax.default_backend()
+
+
+class CoreTime:
+    """A render that keeps a core busy for ``cpu`` seconds of CPU time, then waits
+    ``idle`` seconds without one, as a niced render process does on a busy machine."""
+
+    def __init__(self, cpu: float = 0.0, idle: float = 0.0) -> None:
+        self.cpu, self.idle = cpu, idle
+
+    def __call__(self, payload: object) -> object:
+        end = time.process_time() + self.cpu
+        while time.process_time() < end:
+            pass
+        if self.idle:
+            time.sleep(self.idle)  # the simulated render's cost: no core taken
+        return payload

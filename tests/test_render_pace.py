@@ -81,6 +81,60 @@ def test_the_first_render_pays_set_up_and_does_not_hold_the_next_back():
     assert pace.share() == pytest.approx(2.0 / 8.0)  # from the second start, set-up excluded
 
 
+def test_a_render_process_picture_costs_its_cpu_time_not_its_wait_for_a_core():
+    from autofit_jaxviz.render.pacing import RenderPace
+
+    pace = RenderPace(budget=0.25)
+    pace.started(0.0)
+    pace.finished(0.0, 9.0, (8.5, 8.9))
+    pace.started(9.0)
+    # 4 s in the parent's call: 3.9 s in the child, of which 1 s on a core
+    pace.finished(9.0, 13.0, (1.0, 3.9))
+    assert pace.next_start() == pytest.approx(13.0 + (0.1 + 1.0) * 0.75 / 0.25)
+    pace.started(20.0)
+    pace.finished(20.0, 21.0, (1.5, 0.9))  # a multi-threaded child: more CPU than wall
+    assert pace.next_start() == pytest.approx(21.0 + (1.1 + 1.6) / 2 * 0.75 / 0.25)
+
+
+def test_the_budget_counts_the_render_process_cpu_time():
+    from render_helpers import CoreTime
+
+    from autofit_jaxviz.render.process import ProcessRender
+
+    busy, waiting = ProcessRender(CoreTime(cpu=0.2)), ProcessRender(CoreTime(idle=0.3))
+    try:
+        assert busy(1) == 1 and waiting(2) == 2
+        cpu, wall = busy.last_child_times
+        assert cpu >= 0.2 and wall >= cpu * 0.9
+        cpu, wall = waiting.last_child_times
+        assert wall >= 0.3 and cpu < 0.1
+    finally:
+        busy.close(JOIN)
+        waiting.close(JOIN)
+    # pictures that take a process 0.3 s without a core: a budget of wall time
+    # would hold rendering to 20% of the time; of core time, they follow each other
+    drawn = []
+    enough = threading.Event()
+
+    def next_best(payload, _result):
+        drawn.append(payload)
+        if len(drawn) >= 5:
+            enough.set()
+        else:
+            worker.submit(payload + 1)
+
+    worker = QuickUpdateWorker(CoreTime(idle=0.3), backend="process", render_budget=0.2,
+                               on_rendered=next_best)
+    try:
+        worker.submit(0)
+        assert enough.wait(JOIN)
+        share = worker.stats.render_share
+    finally:
+        worker.shutdown(JOIN)
+    assert drawn == [0, 1, 2, 3, 4]
+    assert share < 0.1, share
+
+
 def test_without_a_budget_renders_follow_each_other():
     render = KnownCost(0.02)
     enough = threading.Event()

@@ -14,6 +14,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -31,7 +32,7 @@ class Message:
     DROP = "drop"  # (DROP,): the fit is over, forget its render (no answer)
     READY = "ready"  # (READY, notes)
     LOAD_FAILED = "load-failed"  # (LOAD_FAILED, traceback)
-    OK = "ok"
+    OK = "ok"  # every render answer is (status, value, cpu seconds, wall seconds)
     ERROR = "error"
     NOT_IMPLEMENTED = "not-implemented"
 
@@ -102,7 +103,16 @@ def serve(conn: Connection) -> None:
             conn.send(_draw(render, conn.recv_bytes()))
 
 
-def _draw(render: Callable[[Any], Any] | None, data: bytes) -> tuple[str, Any]:
+def _draw(render: Callable[[Any], Any] | None, data: bytes) -> tuple[str, Any, float, float]:
+    """Draw one payload; the answer carries this process's CPU and wall seconds
+    for it, so the parent's render budget counts the core time the picture took,
+    not the time a niced process spent waiting for a core."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    status, result = _draw_payload(render, data)
+    return status, result, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def _draw_payload(render: Callable[[Any], Any] | None, data: bytes) -> tuple[str, Any]:
     if render is None:
         return Message.ERROR, "no render loaded"
     try:

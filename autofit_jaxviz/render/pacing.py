@@ -6,6 +6,13 @@ not open the gate for a burst), the next waits ``c * (1 - b) / b`` from the
 end of the last. ``min_interval`` counts from the last start; the later of the
 two applies. The worker skips both for a flush, a shutdown or a final payload.
 
+A render's cost is the core time it took: for a render process, the time the
+parent spent on the call less the child's wall time plus the child's CPU time
+(all its threads). A render process runs at a lower priority, so on a busy
+machine it waits for a core; counting that wait would starve the stream of
+pictures without sparing the sampler anything. In a thread (or a render
+process that fell back to one) the cost is the wall time of the call.
+
 The first render does not gate: it pays one-off set-up (imports, fonts, and in
 a fresh render process a JAX compile of the visualizer's fit: 9 s against
 1-2 s for the later autogalaxy pictures, BENCHMARKS.md), and averaging it in
@@ -40,13 +47,20 @@ class RenderPace:
         if self.first_start is None and self.renders >= 1:
             self.first_start = when
 
-    def finished(self, started: float, ended: float) -> None:
+    def finished(self, started: float, ended: float,
+                 child_times: tuple[float, float] | None = None) -> None:
+        """One render done; ``child_times`` is a render process's (CPU, wall)
+        seconds for it, when it drew there."""
         self.last_end = ended
         self.renders += 1
-        self._last_cost = ended - started
+        cost = ended - started
+        if child_times is not None:
+            cpu, wall = child_times
+            cost = max(0.0, cost - wall) + cpu
+        self._last_cost = cost
         if self.renders > 1:  # the first one paid the set-up
-            self.total += ended - started
-            self._recent.append(ended - started)
+            self.total += cost
+            self._recent.append(cost)
 
     def next_start(self) -> float:
         start = self.last_start + self.min_interval
@@ -56,7 +70,7 @@ class RenderPace:
         return start
 
     def share(self) -> float:
-        """Rendering's share of wall time over the complete cycles of the steady
+        """Rendering's core time as a share of wall time over the complete cycles of the steady
         state (each render and the wait after it, from the second render's start
         to the last start; the first render's set-up is not what the budget limits)."""
         first, last = self.first_start, self.last_start

@@ -266,6 +266,9 @@ class ProcessRender:
         self._state_reported = False
         self._lock = threading.Lock()  # one render at a time
         self._closed = False
+        #: (CPU seconds, wall seconds) the render process spent on the last call's
+        #: picture; None when the last call did not draw there (see RenderPace)
+        self.last_child_times: tuple[float, float] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -273,6 +276,7 @@ class ProcessRender:
         return process.pid if process is not None and process.alive() else None
 
     def __call__(self, payload: Any) -> Any:
+        self.last_child_times = None
         if self._closed:
             raise RenderCancelled(f"{self.name}: the render process is closed")
         if self.fallback_reason is not None:
@@ -286,7 +290,7 @@ class ProcessRender:
             try:
                 process.conn.send((Message.RENDER,))
                 process.conn.send_bytes(data)
-                status, value = process.conn.recv()
+                status, value, cpu, wall = process.conn.recv()
             except (EOFError, OSError) as error:
                 if self._closed:
                     raise RenderCancelled(f"{self.name}: render stopped by shutdown") from None
@@ -296,6 +300,7 @@ class ProcessRender:
                     f"{self.name}: the render process died during a render "
                     f"(exit code {code}); restart {self.restarts} of {self.max_restarts}"
                 ) from error
+        self.last_child_times = (cpu, wall)
         if status == Message.OK:
             return value
         if status == Message.NOT_IMPLEMENTED:

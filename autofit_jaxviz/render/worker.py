@@ -56,7 +56,8 @@ class WorkerStats:
     process_restarts: int = 0
     #: submits dropped because they ranked below a payload already accepted
     outranked: int = 0
-    #: the share of wall time spent rendering, over the completed cycles (each
+    #: rendering's core time (a render process's CPU time, a thread's wall
+    #: time) as a share of wall time, over the completed cycles (each
     #: render and the wait after it) from the second render's start to the last
     #: start: what ``render_budget`` limits (the first render's set-up is not)
     render_share: float = 0.0
@@ -452,9 +453,11 @@ class QuickUpdateWorker:
             self._record_failure(error)
         finally:
             finished = time.monotonic()
+            process = self._process_render
+            child_times = None if process is None else process.last_child_times
             with self._cond:
                 seconds = finished - started
-                self._pace.finished(started, finished)
+                self._pace.finished(started, finished, child_times)
                 self._render_total += seconds
                 self._render_max = max(self._render_max, seconds)
                 if ok:
