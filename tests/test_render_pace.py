@@ -90,10 +90,14 @@ def test_a_render_process_picture_costs_its_cpu_time_not_its_wait_for_a_core():
     pace.started(9.0)
     # 4 s in the parent's call: 3.9 s in the child, of which 1 s on a core
     pace.finished(9.0, 13.0, (1.0, 3.9))
-    assert pace.next_start() == pytest.approx(13.0 + (0.1 + 1.0) * 0.75 / 0.25)
+    # 1.1 s of core time in a cycle of 1.1 / 0.25 = 4.4 s from its start
+    assert pace.next_start() == pytest.approx(9.0 + (0.1 + 1.0) / 0.25)
     pace.started(20.0)
     pace.finished(20.0, 21.0, (1.5, 0.9))  # a multi-threaded child: more CPU than wall
-    assert pace.next_start() == pytest.approx(21.0 + (1.1 + 1.6) / 2 * 0.75 / 0.25)
+    assert pace.next_start() == pytest.approx(20.0 + (1.1 + 1.6) / 2 / 0.25)
+    pace.started(30.0)
+    pace.finished(30.0, 42.0, (0.2, 11.9))  # never before the last one ended
+    assert pace.next_start() == pytest.approx(42.0)
 
 
 def test_the_budget_counts_the_render_process_cpu_time():

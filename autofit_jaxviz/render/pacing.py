@@ -2,9 +2,11 @@
 
 The budget keeps rendering to a share ``b`` of one core's time: after renders
 that cost ``c`` seconds (the mean of the last few, so one cheap picture does
-not open the gate for a burst), the next waits ``c * (1 - b) / b`` from the
-end of the last. ``min_interval`` counts from the last start; the later of the
-two applies. The worker skips both for a flush, a shutdown or a final payload.
+not open the gate for a burst), the next starts ``c / b`` after the start of
+the last, and not before it ended (for a render whose cost is its wall time,
+a wait of ``c * (1 - b) / b`` after it). ``min_interval`` counts from the last
+start; the later of the two applies. The worker skips both for a flush, a
+shutdown or a final payload.
 
 A render's cost is the core time it took: for a render process, the time the
 parent spent on the call less the child's wall time plus the child's CPU time
@@ -66,7 +68,7 @@ class RenderPace:
         start = self.last_start + self.min_interval
         if self.budget < 1 and self._recent:
             cost = sum(self._recent) / len(self._recent)
-            start = max(start, self.last_end + cost * (1 - self.budget) / self.budget)
+            start = max(start, self.last_end, self.last_start + cost / self.budget)
         return start
 
     def share(self) -> float:

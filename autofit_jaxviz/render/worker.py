@@ -95,9 +95,10 @@ class QuickUpdateWorker:
         the wait so the final best fit is never delayed.
     render_budget
         The share of wall time (of one core) rendering may take on average,
-        ``0 < render_budget <= 1``: after renders that cost ``c`` seconds (the
-        mean of the last few) the next one waits ``c * (1 - b) / b`` from the
-        end of the last. With ``min_interval`` too, the later of the two waits
+        ``0 < render_budget <= 1``: after renders that cost ``c`` seconds of
+        core time (the mean of the last few; a render process's CPU time) the
+        next one starts ``c / b`` after the last one started, and not before
+        it ended. With ``min_interval`` too, the later of the two waits
         applies. Skipped like ``min_interval`` by ``flush``/``shutdown``.
     on_rendered
         Called on the renderer after each successful render with
