@@ -72,3 +72,83 @@ def test_example_runs_in_a_render_process(tmp_path):
     assert summary["drawn_log_density"] == pytest.approx(summary["best_log_density"], rel=1e-6)
     assert "pictures of the best fit in" in stdout
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# SMC: the stock adaptive tempered SMC, in a jitted while_loop (examples/blackjax_smc_sine.py)
+
+def test_smc_last_picture_is_the_best_particle_the_run_had(tmp_path):
+    example = load_example("blackjax_smc_sine")
+    summary = example.run(particles=200, mcmc_steps=5, points=200, backend="thread",
+                          image=str(tmp_path / "fit.png"))
+    assert summary["smc_steps"] >= 3  # tempered over several populations
+    assert summary["drawn_log_density"] == pytest.approx(summary["best_log_density"], rel=1e-6)
+    assert summary["drawn"] == pytest.approx(summary["best"], rel=1e-5)
+    assert 1 <= summary["drawn_step"] <= summary["smc_steps"]
+    # no storm: one vmapped evaluation per step and a callback only on improvement
+    assert 1 <= summary["callbacks"] <= summary["smc_steps"] + 1
+    assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_smc_with_a_fixed_schedule_and_a_draw_that_raises(tmp_path, caplog):
+    from blackjax.smc import extend_params, resampling
+
+    from autofit_jaxviz.blackjax import live_smc
+
+    example = load_example("blackjax_smc_sine")
+    x, y = (jnp.asarray(a, float) for a in example.simulate(100))
+    calls = threading.Event()
+
+    def draw(best):
+        calls.set()
+        raise ValueError("broken draw")
+
+    smc = live_smc(blackjax.tempered_smc, draw, image=tmp_path / "fit.png", backend="thread")
+    algorithm = smc(example.log_prior, example.make_loglikelihood(x, y),
+                    blackjax.hmc.build_kernel(), blackjax.hmc.init,
+                    extend_params({"step_size": 1e-2, "inverse_mass_matrix": jnp.ones(5),
+                                   "num_integration_steps": 5}),
+                    resampling.systematic, num_mcmc_steps=3)
+    state = algorithm.init(example.prior_draws(jax.random.PRNGKey(0), 100))
+    schedule = jnp.linspace(0.1, 1.0, 6)
+
+    def one_step(state, inputs):
+        key, tempering = inputs
+        state, _ = algorithm.step(key, state, tempering)
+        return state, state.tempering_param
+
+    state, temperatures = jax.jit(lambda s: jax.lax.scan(
+        one_step, s, (jax.random.split(jax.random.PRNGKey(1), 6), schedule)))(state)
+    smc.close(state)
+    assert calls.is_set() and temperatures[-1] == pytest.approx(1.0)
+    assert smc.view.stats.failed >= 1 and smc.view.stats.rendered == 0
+    assert "broken draw" in caplog.text
+
+
+def test_smc_bad_arguments_are_named(tmp_path):
+    from blackjax.smc import extend_params, resampling
+
+    from autofit_jaxviz.blackjax import live_smc
+
+    with pytest.raises(TypeError, match="needs a BlackJAX SMC algorithm.*got function"):
+        live_smc(blackjax.nuts.init, lambda best: None)
+    with pytest.raises(TypeError, match="transform must be a function.*got 3"):
+        live_smc(blackjax.adaptive_tempered_smc, lambda best: None, transform=3)
+    smc = live_smc(blackjax.adaptive_tempered_smc, lambda best: None, image=tmp_path / "f.png",
+                   backend="thread")
+    algorithm = smc(lambda p: 0.0, lambda p: -p**2, blackjax.hmc.build_kernel(),
+                    blackjax.hmc.init, extend_params({"step_size": 0.1, "inverse_mass_matrix":
+                                                      jnp.ones(1), "num_integration_steps": 3}),
+                    resampling.systematic, 0.5)
+    plain = blackjax.adaptive_tempered_smc.init(jnp.zeros(10))
+    with pytest.raises(TypeError, match="live_smc step needs the state its own init.*TemperedSMC"):
+        algorithm.step(jax.random.PRNGKey(0), plain)
+    smc.close()
+
+
+@pytest.mark.slow
+def test_smc_example_runs_in_a_render_process(tmp_path):
+    stdout, summary = run_example_script("blackjax_smc_sine", tmp_path, "--particles", "300",
+                                         "--mcmc-steps", "5")
+    assert summary["drawn_log_density"] == pytest.approx(summary["best_log_density"], rel=1e-6)
+    assert "pictures of the best fit in" in stdout
+    assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,146 @@
+"""BlackJAX's stock adaptive tempered SMC fitting the noisy sine wave of
+``blackjax_sine.py``, drawn live.
+
+    python examples/blackjax_smc_sine.py [--particles 1000]
+
+``live_smc(blackjax.adaptive_tempered_smc, draw)`` is the only line about live
+pictures: the algorithm is built, initialised and stepped in a
+``jax.lax.while_loop`` (until the temperature reaches 1) as BlackJAX's own
+SMC examples do. SMC needs a proper prior to draw its first particles from,
+so this model's prior is one. The loop also keeps, by itself, the particle
+with the highest log posterior it has seen: the tests compare the last
+picture with it. The last line printed is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.smc import extend_params, resampling
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blackjax_sine import SineFigure, curve, no_draw, simulate  # noqa: E402
+
+#: name: (low, high) of a uniform prior, or (mean, sigma) of a normal one
+UNIFORM = {"frequency": (1.0, 3.0), "phase": (-np.pi, np.pi)}
+NORMAL = {"amplitude": (0.0, 3.0), "offset": (0.0, 2.0), "log_noise": (-1.0, 1.0)}
+NAMES = (*NORMAL, *UNIFORM)
+
+
+def log_prior(p):
+    normal = sum(-0.5 * ((p[k] - m) / s) ** 2 for k, (m, s) in NORMAL.items())
+    inside = jnp.all(jnp.asarray([(p[k] >= lo) & (p[k] <= hi) for k, (lo, hi) in UNIFORM.items()]))
+    return jnp.where(inside, normal, -jnp.inf)
+
+
+def make_loglikelihood(x, y):
+    def loglikelihood(p):
+        noise = jnp.exp(p["log_noise"])
+        resid = (y - curve(p, x)) / noise
+        return -0.5 * jnp.sum(resid**2) - x.size * p["log_noise"]
+    return loglikelihood
+
+
+def prior_draws(key, particles: int) -> dict:
+    keys = dict(zip(NAMES, jax.random.split(key, len(NAMES)), strict=True))
+    draws = {k: m + s * jax.random.normal(keys[k], (particles,)) for k, (m, s) in NORMAL.items()}
+    draws.update({k: jax.random.uniform(keys[k], (particles,), minval=lo, maxval=hi)
+                  for k, (lo, hi) in UNIFORM.items()})
+    return {k: draws[k].astype(float) for k in NAMES}
+
+
+def run(*, hook: str = "draw", particles: int = 1000, mcmc_steps: int = 10,
+        points: int = 500, backend: str = "process", image: str = "fit.png",
+        seed: int = 0) -> dict:
+    """Adaptive tempered SMC with HMC moves; ``hook`` is ``off``, ``noop`` or ``draw``."""
+    from autofit_jaxviz.blackjax import live_smc
+
+    x, y = simulate(points, seed)
+    x, y = jnp.asarray(x, float), jnp.asarray(y, float)
+    loglikelihood = make_loglikelihood(x, y)
+    smc = blackjax.adaptive_tempered_smc
+    if hook != "off":
+        draw = SineFigure(np.asarray(x), np.asarray(y)) if hook == "draw" else no_draw
+        smc = live_smc(blackjax.adaptive_tempered_smc, draw, image=image,  # the one line
+                       backend=backend,
+                       transform=lambda p: {**p, "noise": jnp.exp(p["log_noise"]),
+                                            "curve": curve(p, x)})
+    hmc_parameters = extend_params({"step_size": 1e-2, "inverse_mass_matrix": jnp.ones(len(NAMES)),
+                                    "num_integration_steps": 20})  # shared by the particles
+    algorithm = smc(log_prior, loglikelihood, blackjax.hmc.build_kernel(), blackjax.hmc.init,
+                    hmc_parameters, resampling.systematic, 0.5, num_mcmc_steps=mcmc_steps)
+    log_posterior = jax.vmap(lambda p: log_prior(p) + loglikelihood(p))
+
+    def best_of(particles):  # what the loop itself keeps: the reference for the tests
+        scores = log_posterior(particles)
+        i = jnp.argmax(scores)
+        return scores[i], jax.tree.map(lambda leaf: leaf[i], particles)
+
+    @jax.jit
+    def sample(key):
+        state = algorithm.init(prior_draws(key, particles))
+
+        def step(carry):
+            key, state, steps, best = carry
+            key, subkey = jax.random.split(key)
+            state, _ = algorithm.step(subkey, state)
+            score, particle = best_of(state.particles)
+            best = jax.tree.map(lambda new, old: jnp.where(score > best[0], new, old),
+                                (score, particle), best)
+            return key, state, steps + 1, best
+
+        carry = (key, state, 0, best_of(state.particles))
+        return jax.lax.while_loop(lambda c: c[1].tempering_param < 1, step, carry)
+
+    t0 = time.perf_counter()
+    _, state, steps, (best_score, best) = sample(jax.random.PRNGKey(seed))
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - t0
+    summary = {"seconds": seconds, "smc_steps": int(steps),
+               "best_log_density": float(best_score),
+               "best": {k: float(v) for k, v in best.items()}}
+    if hook != "off":
+        during = smc.view.stats.rendered
+        smc.close(state)
+        drawn = smc.view.drawn
+        summary.update(images_during_run=during, images=smc.view.stats.rendered,
+                       render_seconds=smc.view.stats.mean_render_seconds,
+                       callbacks=smc.callbacks,
+                       drawn_step=None if drawn is None else drawn.step,
+                       drawn_log_density=None if drawn is None else drawn.log_likelihood,
+                       drawn=None if drawn is None else
+                       {k: float(drawn.parameters[k]) for k in NAMES})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hook", choices=("off", "noop", "draw"), default="draw")
+    parser.add_argument("--particles", type=int, default=1000)
+    parser.add_argument("--mcmc-steps", type=int, default=10)
+    parser.add_argument("--points", type=int, default=500)
+    parser.add_argument("--backend", choices=("process", "thread"), default="process")
+    parser.add_argument("--image", default="fit.png")
+    args = parser.parse_args(argv)
+    for name in ("particles", "mcmc_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, "
+                         f"got {getattr(args, name)}")
+    summary = run(hook=args.hook, particles=args.particles, mcmc_steps=args.mcmc_steps,
+                  points=args.points, backend=args.backend, image=args.image)
+    if args.hook != "off":
+        print(f"{summary['images']} pictures of the best fit in {Path(args.image).resolve()}")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
