@@ -2,7 +2,8 @@
 
 Each example in ``examples/`` (``numpyro_sine.py``: NumPyro's ``MCMC`` with
 NUTS; ``blackjax_sine.py``: BlackJAX's stock ``window_adaptation`` and
-``run_inference_algorithm``; ``optax_multistart.py``: Adam from 32 vmapped
+``run_inference_algorithm``; ``blackjax_smc_sine.py``: its adaptive tempered
+SMC in a ``while_loop``; ``optax_multistart.py``: Adam from 32 vmapped
 starts in one jitted scan) runs as a user runs it, a fresh interpreter per
 run, in three variants interleaved: the hook off (the plain library), on with
 a no-op draw, on with its real matplotlib draw in the render process (the
@@ -30,15 +31,18 @@ from bench_autofit import fmt_ratio, fmt_times, interleave
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
-    "NumPyro NUTS (1 chain, 2,300 warm-up + 4,600 samples)":
-        ("numpyro_sine.py", ["--warmup", "2300", "--samples", "4600"]),
-    "BlackJAX NUTS (window_adaptation 1,800 + run_inference_algorithm 3,600)":
-        ("blackjax_sine.py", ["--warmup", "1800", "--samples", "3600"]),
+    "NumPyro NUTS (1 chain, 10,000 warm-up + 20,000 samples)":
+        ("numpyro_sine.py", ["--warmup", "10000", "--samples", "20000"]),
+    "BlackJAX NUTS (window_adaptation 11,000 + run_inference_algorithm 22,000)":
+        ("blackjax_sine.py", ["--warmup", "11000", "--samples", "22000"]),
+    "BlackJAX adaptive tempered SMC (500 particles, 10 HMC moves per step)":
+        ("blackjax_smc_sine.py", ["--particles", "500"]),
     "optax Adam (32 vmapped starts, 100,000 updates)":
         ("optax_multistart.py", ["--steps", "100000"]),
 }
 QUICK = {"numpyro_sine.py": ["--warmup", "100", "--samples", "100"],
          "blackjax_sine.py": ["--warmup", "100", "--samples", "100"],
+         "blackjax_smc_sine.py": ["--particles", "100", "--mcmc-steps", "2"],
          "optax_multistart.py": ["--steps", "1000"]}
 HOOKS = ["off", "noop", "draw"]
 LABELS = {"off": "hook off", "noop": "hook on, no-op draw",
