@@ -467,6 +467,39 @@ def test_report_when_gate_and_nan() -> None:
     assert rec.seq() == expected
 
 
+def test_vmapped_trackers_send_only_a_new_best_of_the_whole_batch() -> None:
+    """A multi-start run: start 0 reaches its best at once, start 1 improves at
+    every step but stays below it. Only the batch's new bests reach the host."""
+    rec = Recorder()
+    sink = HostSink(rec)
+    tracker = BestFitTracker(sink)
+    steps = 20
+    climbing = -100.0 + np.arange(steps, dtype=np.float32)  # -100 ... -81, below -1
+    lls = jnp.asarray(np.stack([np.full(steps, -1.0, np.float32), climbing], axis=1))
+
+    @jax.jit
+    def run(lls):
+        state = jax.vmap(lambda _: tracker.init(jnp.zeros(1)))(jnp.arange(2))
+
+        def step(state, row):
+            return jax.vmap(lambda s, ll: tracker.update(s, jnp.full(1, ll), ll))(state, row), None
+
+        return jax.lax.scan(step, state, lls)[0]
+
+    run(lls)
+    jax.effects_barrier()
+    assert rec.seq() == [(0, -1.0)]
+    assert sink.stats().received == 1  # not one stale callback per step from start 1
+    # once start 1 overtakes, its new bests are sent
+    rec.fits.clear()
+    sink.reset()
+    overtaking = jnp.asarray(np.stack([np.full(4, -1.0, np.float32),
+                                       np.array([-5.0, -0.5, -0.4, -0.6], np.float32)], axis=1))
+    run(overtaking)
+    jax.effects_barrier()
+    assert [ll for _, ll in rec.seq()] == pytest.approx([-1.0, -0.5, -0.4])
+
+
 def test_report_with_an_explicit_batch_and_a_batched_gate() -> None:
     rec = Recorder()
     sink = HostSink(rec)

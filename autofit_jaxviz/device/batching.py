@@ -113,7 +113,8 @@ def _across_devices(pred: Any, ll: Any, step: Any, flat: Any) -> tuple[Any, ...]
 
 
 def emitter(
-    host: Callable[[Any], None], prepare: Callable[[Any], Any] | None = None
+    host: Callable[[Any], None], prepare: Callable[[Any], Any] | None = None, *,
+    carried_best: bool = False,
 ) -> Callable[[Any, Any, Any, Any], None]:
     """Build ``emit(pred, log_likelihood, step, flat)`` calling ``host(packed)`` once.
 
@@ -123,6 +124,10 @@ def emitter(
     ``prepare(flat) -> flat`` runs inside the taken branch only, just before the
     callback (e.g. a sampler's map to constrained space): a step that does not
     report never pays for it.
+
+    ``carried_best``: ``log_likelihood`` is each row's best so far and ``pred``
+    says it improved since that row last reported (a tracker's state), so a
+    row below another row's best is stale on the host and is not sent.
     """
     jax, jnp, lax = load_jax()
 
@@ -153,13 +158,20 @@ def emitter(
         for x, batched in zip((pred, ll, step, flat), in_batched, strict=True):
             args.append(x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape))
         pred, ll, step, flat = args
-        valid = pred & (clean_log_likelihood(ll) > -jnp.inf)
+        clean = clean_log_likelihood(ll)
+        valid = pred & (clean > -jnp.inf)
+        score = jnp.where(valid, clean, -jnp.inf)
         due = jnp.any(valid)
+        if carried_best:
+            # only a new best of the whole batch is sent: a row that beat its
+            # own best but not another row's is stale on the host, which got
+            # that row's best when it was found (a multi-start optimisation's
+            # poor starts keep improving long after the best one converged)
+            due = due & (jnp.max(score) >= jnp.max(clean))
 
         def reduce_and_emit(ll: Any, step: Any, flat: Any) -> None:
             # only on a step that reports: the best row is found and sent
-            onehot = jnp.arange(axis_size) == jnp.argmax(
-                jnp.where(valid, clean_log_likelihood(ll), -jnp.inf))
+            onehot = jnp.arange(axis_size) == jnp.argmax(score)
             emit(due, select_row(onehot, ll), select_row(onehot, step),
                  select_row(onehot, flat))
 

@@ -273,7 +273,8 @@ class BestFitTracker:
         if self.check_every > 1:
             pred = pred & ((step + 1) % self.check_every == 0)
         spec, prepare = _transformed(state.spec, transform)
-        emit = emitter(host_callback(self.sink, spec, device_step=True, final=False), prepare)
+        emit = emitter(host_callback(self.sink, spec, device_step=True, final=False), prepare,
+                       carried_best=True)
         emit(pred, state.best_log_likelihood, state.best_step, state.best_parameters)
         return state._replace(
             reported_log_likelihood=jnp.where(
