@@ -89,7 +89,8 @@ def test_smc_last_picture_is_the_best_particle_the_run_had(tmp_path):
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_smc_with_a_fixed_schedule_and_a_draw_that_raises(tmp_path, caplog):
+@pytest.mark.parametrize("name", ["tempered_smc", "persistent_sampling_smc"])
+def test_smc_with_a_fixed_schedule_and_a_draw_that_raises(tmp_path, caplog, name):
     from blackjax.smc import extend_params, resampling
 
     from autofit_jaxviz.blackjax import live_smc
@@ -102,8 +103,9 @@ def test_smc_with_a_fixed_schedule_and_a_draw_that_raises(tmp_path, caplog):
         calls.set()
         raise ValueError("broken draw")
 
-    smc = live_smc(blackjax.tempered_smc, draw, image=tmp_path / "fit.png", backend="thread")
-    algorithm = smc(example.log_prior, example.make_loglikelihood(x, y),
+    smc = live_smc(getattr(blackjax, name), draw, image=tmp_path / "fit.png", backend="thread")
+    schedule_length = (6,) if name == "persistent_sampling_smc" else ()
+    algorithm = smc(example.log_prior, example.make_loglikelihood(x, y), *schedule_length,
                     blackjax.hmc.build_kernel(), blackjax.hmc.init,
                     extend_params({"step_size": 1e-2, "inverse_mass_matrix": jnp.ones(5),
                                    "num_integration_steps": 5}),
