@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CADENCE = 1000
 NLIVE, MAXCALL = 50, 40000
 VARIANTS = ["none", "sync", "autofit-bg", "autofit-bg-patched", "thread-old", "process-old",
-            "thread", "process", "process-b50"]
+            "thread", "process", "process-b50", "process-s1", "process-s1-b50"]
 LABELS = {
     "none": "no quick updates",
     "sync": "autofit synchronous",
@@ -47,9 +47,13 @@ LABELS = {
     "thread": "autofit_jaxviz thread, new defaults",
     "process": "autofit_jaxviz process, new defaults",
     "process-b50": "autofit_jaxviz process, new defaults but render_budget 0.5",
+    "process-s1": "autofit_jaxviz process, new defaults, quick_update_seconds 1",
+    "process-s1-b50": "autofit_jaxviz process, quick_update_seconds 1 and render_budget 0.5",
 }
 #: the settings each of this library's variants changes from the defaults
-OPTIONS = {"-old": {"render_budget": 1.0, "preview_dpi": 0}, "-b50": {"render_budget": 0.5}}
+OPTIONS = {"-old": {"render_budget": 1.0, "preview_dpi": 0}, "-b50": {"render_budget": 0.5},
+           "-s1": {"quick_update_seconds": 1.0},
+           "-s1-b50": {"quick_update_seconds": 1.0, "render_budget": 0.5}}
 
 
 def galaxy_fit(variant: str, nlive: int, cadence: int, maxcall: int) -> dict[str, Any]:
