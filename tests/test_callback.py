@@ -500,6 +500,30 @@ def test_vmapped_trackers_send_only_a_new_best_of_the_whole_batch() -> None:
     assert [ll for _, ll in rec.seq()] == pytest.approx([-1.0, -0.5, -0.4])
 
 
+def test_vmapped_trackers_with_their_own_cadences_send_what_beats_every_report() -> None:
+    """every=2, the rows' gates open on different steps: at step 2 start 0 may
+    report (-9) while start 1 holds a better best (-1) behind its closed gate.
+    -9 beats everything reported so far, so it is sent; -1 follows at step 3."""
+    rec = Recorder()
+    sink = HostSink(rec)
+    tracker = BestFitTracker(sink, every=2)
+    lls = jnp.asarray(np.array([[-10, -np.inf], [-10, -20], [-9, -1], [-9, -1]], np.float32))
+
+    @jax.jit
+    def run(lls):
+        state = jax.vmap(lambda _: tracker.init(jnp.zeros(1)))(jnp.arange(2))
+
+        def step(state, row):
+            return jax.vmap(lambda s, ll: tracker.update(s, jnp.full(1, ll), ll))(state, row), None
+
+        return jax.lax.scan(step, state, lls)[0]
+
+    run(lls)
+    jax.effects_barrier()
+    assert rec.seq() == [(0, -10.0), (2, -9.0), (2, -1.0)]
+    assert sink.stats().stale == 0
+
+
 def test_report_with_an_explicit_batch_and_a_batched_gate() -> None:
     rec = Recorder()
     sink = HostSink(rec)

@@ -113,10 +113,9 @@ def _across_devices(pred: Any, ll: Any, step: Any, flat: Any) -> tuple[Any, ...]
 
 
 def emitter(
-    host: Callable[[Any], None], prepare: Callable[[Any], Any] | None = None, *,
-    carried_best: bool = False,
-) -> Callable[[Any, Any, Any, Any], None]:
-    """Build ``emit(pred, log_likelihood, step, flat)`` calling ``host(packed)`` once.
+    host: Callable[[Any], None], prepare: Callable[[Any], Any] | None = None
+) -> Callable[..., None]:
+    """Build ``emit(pred, log_likelihood, step, flat, floor=None)`` calling ``host(packed)`` once.
 
     A ``custom_vmap``: under ``vmap`` the batching rule keeps the best row among
     those whose ``pred`` is true and calls the unbatched emitter once, so the
@@ -125,9 +124,11 @@ def emitter(
     callback (e.g. a sampler's map to constrained space): a step that does not
     report never pays for it.
 
-    ``carried_best``: ``log_likelihood`` is each row's best so far and ``pred``
-    says it improved since that row last reported (a tracker's state), so a
-    row below another row's best is stale on the host and is not sent.
+    ``floor`` (a tracker's ``reported_log_likelihood``): under ``vmap`` the best
+    row is sent only if it beats the best any row has reported. A row that beat
+    its own last report but not another row's is stale on the host: a
+    multi-start optimisation's poor starts keep improving long after the best
+    one has converged.
     """
     jax, jnp, lax = load_jax()
 
@@ -145,35 +146,30 @@ def emitter(
         jax.debug.callback(host, jnp.concatenate([header, flat.astype(dtype)]))
 
     @jax.custom_batching.custom_vmap
-    def emit(pred: Any, ll: Any, step: Any, flat: Any) -> Any:
+    def emit(pred: Any, ll: Any, step: Any, flat: Any, floor: Any) -> Any:
         pred, ll, step, flat = _across_devices(pred, ll, step, flat)
         lax.cond(pred, _send, lambda *_: None, ll, step, flat)
         return pred
 
     @emit.def_vmap
     def _rule(
-        axis_size: int, in_batched: list[bool], pred: Any, ll: Any, step: Any, flat: Any
+        axis_size: int, in_batched: list[bool], pred: Any, ll: Any, step: Any, flat: Any,
+        floor: Any,
     ) -> tuple[Any, bool]:
         args = []
-        for x, batched in zip((pred, ll, step, flat), in_batched, strict=True):
+        for x, batched in zip((pred, ll, step, flat, floor), in_batched, strict=True):
             args.append(x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape))
-        pred, ll, step, flat = args
-        clean = clean_log_likelihood(ll)
-        valid = pred & (clean > -jnp.inf)
-        score = jnp.where(valid, clean, -jnp.inf)
-        due = jnp.any(valid)
-        if carried_best:
-            # only a new best of the whole batch is sent: a row that beat its
-            # own best but not another row's is stale on the host, which got
-            # that row's best when it was found (a multi-start optimisation's
-            # poor starts keep improving long after the best one converged)
-            due = due & (jnp.max(score) >= jnp.max(clean))
+        pred, ll, step, flat, floor = args
+        valid = pred & (clean_log_likelihood(ll) > -jnp.inf)
+        score = jnp.where(valid, clean_log_likelihood(ll), -jnp.inf)
+        reported = jnp.max(floor)  # the best any row has reported: what the host has
+        due = jnp.any(valid) & (jnp.max(score) > reported)
 
         def reduce_and_emit(ll: Any, step: Any, flat: Any) -> None:
             # only on a step that reports: the best row is found and sent
             onehot = jnp.arange(axis_size) == jnp.argmax(score)
             emit(due, select_row(onehot, ll), select_row(onehot, step),
-                 select_row(onehot, flat))
+                 select_row(onehot, flat), reported)
 
         if reduce_axes(valid, ll, step, flat)[0]:
             # inside shard_map the emitter reduces across devices (collectives):
@@ -183,9 +179,11 @@ def emitter(
             lax.cond(due, reduce_and_emit, lambda *_: None, ll, step, flat)
         return jnp.broadcast_to(due, (axis_size,)), True
 
-    def call(pred: Any, ll: Any, step: Any, flat: Any) -> None:
+    def call(pred: Any, ll: Any, step: Any, flat: Any, floor: Any = None) -> None:
         sg = lax.stop_gradient
-        emit(pred, sg(ll), step, sg(flat))
+        if floor is None:
+            floor = jnp.asarray(-jnp.inf, jnp.asarray(ll).dtype)
+        emit(pred, sg(ll), step, sg(flat), sg(floor))
 
     return call
 

@@ -86,8 +86,9 @@ class PhasedTracker:
             out = flat[1:] if prepare is None else prepare(flat[1:])
             return jnp.concatenate([flat[:1].astype(out.dtype), out])
 
-        emitter(self._router(spec), prepare_flagged, carried_best=True)(
-            pred, tracker.best_log_likelihood, tracker.best_step, flagged)
+        emitter(self._router(spec), prepare_flagged)(
+            pred, tracker.best_log_likelihood, tracker.best_step, flagged,
+            tracker.reported_log_likelihood)
         return tracker._replace(
             reported_log_likelihood=jnp.where(
                 pred, tracker.best_log_likelihood, tracker.reported_log_likelihood),

@@ -273,9 +273,9 @@ class BestFitTracker:
         if self.check_every > 1:
             pred = pred & ((step + 1) % self.check_every == 0)
         spec, prepare = _transformed(state.spec, transform)
-        emit = emitter(host_callback(self.sink, spec, device_step=True, final=False), prepare,
-                       carried_best=True)
-        emit(pred, state.best_log_likelihood, state.best_step, state.best_parameters)
+        emit = emitter(host_callback(self.sink, spec, device_step=True, final=False), prepare)
+        emit(pred, state.best_log_likelihood, state.best_step, state.best_parameters,
+             state.reported_log_likelihood)
         return state._replace(
             reported_log_likelihood=jnp.where(
                 pred, state.best_log_likelihood, state.reported_log_likelihood
