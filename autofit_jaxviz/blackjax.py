@@ -20,8 +20,9 @@ the sampling algorithm are sampling: from the first, the picture follows the
 best sample, so the last picture is the highest-``logdensity`` state the
 sampling returns. ``jax.vmap`` over chains calls back once per step at most.
 
-SMC (``blackjax.adaptive_tempered_smc``, ``tempered_smc``, the persistent
-sampling ones: any whose API takes ``logprior_fn, loglikelihood_fn`` first)::
+SMC (tested with ``blackjax.adaptive_tempered_smc``, ``tempered_smc`` and
+``persistent_sampling_smc``: any whose API takes ``logprior_fn,
+loglikelihood_fn`` first and whose state has ``particles``)::
 
     smc = live_smc(blackjax.adaptive_tempered_smc, draw)        # the one line
     algorithm = smc(logprior, loglikelihood, blackjax.hmc.build_kernel(), blackjax.hmc.init,

@@ -10,9 +10,13 @@ interpreter: no quick updates; autofit synchronous; autofit's background thread
 (which crashes at Dynesty's first checkpoint) and the same patched by hand;
 this library's thread and process backends at the old settings (no render
 budget, the visualizer's own dpi) and at the new defaults (``render_budget``,
-``preview_dpi`` from ``config/general.yaml``). Reported: ``search.fit`` wall
-time, images written while the search ran, distinct images, the median time
-a picture took, and the render's measured share of wall time.
+``preview_dpi`` from ``config/general.yaml``), and the new defaults with a
+quick update due every second (``quick_update_seconds: 1``, which replaces
+the count), with the default budget and with ``render_budget: 0.5``.
+Reported: ``search.fit`` wall time, images written while the search ran
+(this library draws only a new best, so each is distinct), the median time a
+picture took, and the render's measured share of one core (``render_share``:
+a render process's CPU time, a thread's wall time).
 
     python benchmarks/run.py --only autogalaxy [--quick] [--repeats N]
 """
@@ -167,7 +171,8 @@ def run(repeats: int = 3, quick: bool = False) -> str:
                    command)
             + f"\nautogalaxy's `AnalysisImaging` on a simulated 40x40 Sersic dataset, "
             f"`DynestyStatic(nlive={nlive}, maxcall={maxcall})` (the same number of likelihood "
-            f"evaluations in every variant), a quick update due every {cadence} evaluations, "
+            f"evaluations in every variant), a quick update due every {cadence} evaluations "
+            "(every second in the `quick_update_seconds 1` variants), "
             f"autogalaxy's own `fit.png`; {repeats} repeat(s), variants interleaved, each in a "
             "fresh interpreter.\n\n"
             + table(["variant", "wall s (min / median)", "vs no updates (min / median)",

@@ -94,7 +94,7 @@ class QuickUpdateWorker:
         arrive meanwhile supersede each other; ``flush`` and ``shutdown`` skip
         the wait so the final best fit is never delayed.
     render_budget
-        The share of wall time (of one core) rendering may take on average,
+        The share of one core's time rendering may take on average,
         ``0 < render_budget <= 1``: after renders that cost ``c`` seconds of
         core time (the mean of the last few; a render process's CPU time) the
         next one starts ``c / b`` after the last one started, and not before
