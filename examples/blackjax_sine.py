@@ -116,16 +116,20 @@ def run(*, hook: str = "draw", chains: int = 1, warmup: int = 500, samples: int 
     summary = {"seconds": seconds, "best_log_density": float(logdensities[best]),
                "best": {k: float(np.asarray(v).reshape(-1)[best]) for k, v in positions.items()}}
     if hook != "off":
-        during = nuts.view.stats.rendered
-        nuts.close(state)
-        drawn = nuts.view.drawn
-        summary.update(images_during_run=during, images=nuts.view.stats.rendered,
-                       render_seconds=nuts.view.stats.mean_render_seconds,
-                       callbacks=nuts.callbacks,
-                       drawn_log_density=None if drawn is None else drawn.log_likelihood,
-                       drawn=None if drawn is None else
-                       {k: float(drawn.parameters[k]) for k in START})
+        summary.update(close_and_summarise(nuts, state, START))
     return summary
+
+
+def close_and_summarise(live, state, names) -> dict:
+    """Close a live algorithm after the run; what it drew, for the JSON summary."""
+    during = live.view.stats.rendered
+    live.close(state)
+    drawn = live.view.drawn
+    return {"images_during_run": during, "images": live.view.stats.rendered,
+            "render_seconds": live.view.stats.mean_render_seconds, "callbacks": live.callbacks,
+            "drawn_step": None if drawn is None else drawn.step,
+            "drawn_log_density": None if drawn is None else drawn.log_likelihood,
+            "drawn": None if drawn is None else {k: float(drawn.parameters[k]) for k in names}}
 
 
 def no_draw(best) -> str:

@@ -29,7 +29,13 @@ import numpy as np
 from blackjax.smc import extend_params, resampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blackjax_sine import SineFigure, curve, no_draw, simulate  # noqa: E402
+from blackjax_sine import (  # noqa: E402
+    SineFigure,
+    close_and_summarise,
+    curve,
+    no_draw,
+    simulate,
+)
 
 #: name: (low, high) of a uniform prior, or (mean, sigma) of a normal one
 UNIFORM = {"frequency": (1.0, 3.0), "phase": (-np.pi, np.pi)}
@@ -117,16 +123,7 @@ def run(*, hook: str = "draw", particles: int = 1000, mcmc_steps: int = 10,
         summary.update(best_log_density=float(score), best_step=int(found),
                        best={k: float(v) for k, v in particle.items()})
     if hook != "off":
-        during = smc.view.stats.rendered
-        smc.close(state)
-        drawn = smc.view.drawn
-        summary.update(images_during_run=during, images=smc.view.stats.rendered,
-                       render_seconds=smc.view.stats.mean_render_seconds,
-                       callbacks=smc.callbacks,
-                       drawn_step=None if drawn is None else drawn.step,
-                       drawn_log_density=None if drawn is None else drawn.log_likelihood,
-                       drawn=None if drawn is None else
-                       {k: float(drawn.parameters[k]) for k in NAMES})
+        summary.update(close_and_summarise(smc, state, NAMES))
     return summary
 
 

@@ -467,6 +467,21 @@ def test_report_when_gate_and_nan() -> None:
     assert rec.seq() == expected
 
 
+def _two_starts(tracker: BestFitTracker):
+    """A jitted scan over ``(steps, 2)`` log-likelihoods: two vmapped trackers."""
+
+    @jax.jit
+    def run(lls):
+        state = jax.vmap(lambda _: tracker.init(jnp.zeros(1)))(jnp.arange(2))
+
+        def step(state, row):
+            return jax.vmap(lambda s, ll: tracker.update(s, jnp.full(1, ll), ll))(state, row), None
+
+        return jax.lax.scan(step, state, lls)[0]
+
+    return run
+
+
 def test_vmapped_trackers_send_only_a_new_best_of_the_whole_batch() -> None:
     """A multi-start run: start 0 reaches its best at once, start 1 improves at
     every step but stays below it. Only the batch's new bests reach the host."""
@@ -477,14 +492,7 @@ def test_vmapped_trackers_send_only_a_new_best_of_the_whole_batch() -> None:
     climbing = -100.0 + np.arange(steps, dtype=np.float32)  # -100 ... -81, below -1
     lls = jnp.asarray(np.stack([np.full(steps, -1.0, np.float32), climbing], axis=1))
 
-    @jax.jit
-    def run(lls):
-        state = jax.vmap(lambda _: tracker.init(jnp.zeros(1)))(jnp.arange(2))
-
-        def step(state, row):
-            return jax.vmap(lambda s, ll: tracker.update(s, jnp.full(1, ll), ll))(state, row), None
-
-        return jax.lax.scan(step, state, lls)[0]
+    run = _two_starts(tracker)
 
     run(lls)
     jax.effects_barrier()
@@ -509,14 +517,7 @@ def test_vmapped_trackers_with_their_own_cadences_send_what_beats_every_report()
     tracker = BestFitTracker(sink, every=2)
     lls = jnp.asarray(np.array([[-10, -np.inf], [-10, -20], [-9, -1], [-9, -1]], np.float32))
 
-    @jax.jit
-    def run(lls):
-        state = jax.vmap(lambda _: tracker.init(jnp.zeros(1)))(jnp.arange(2))
-
-        def step(state, row):
-            return jax.vmap(lambda s, ll: tracker.update(s, jnp.full(1, ll), ll))(state, row), None
-
-        return jax.lax.scan(step, state, lls)[0]
+    run = _two_starts(tracker)
 
     run(lls)
     jax.effects_barrier()
