@@ -1,6 +1,6 @@
 """optax's Adam from many starts at once (``jax.vmap``), the best start drawn live.
 
-    python examples/optax_multistart.py [--starts 32 --steps 3000]
+    python examples/optax_multistart.py [--starts 32 --steps 3000 --learning-rate 0.02]
 
 Fitting a sine's frequency is not convex, so a single start often lands in a
 local minimum; 32 starts run side by side in one jitted ``lax.scan``.
@@ -61,8 +61,8 @@ class SineFigure:
 
 
 def run(*, hook: str = "draw", starts: int = 32, steps: int = 3000, points: int = 500,
-        every: int = 25, backend: str = "process", image: str = "fit.png",
-        seed: int = 0) -> dict:
+        every: int = 25, learning_rate: float = 2e-2, backend: str = "process",
+        image: str = "fit.png", seed: int = 0) -> dict:
     """One jitted multi-start optimisation; ``hook`` is ``off``, ``noop`` or ``draw``."""
     from autofit_jaxviz.optax import live_optimizer
 
@@ -72,7 +72,7 @@ def run(*, hook: str = "draw", starts: int = 32, steps: int = 3000, points: int 
     def loss_fn(p):
         return jnp.mean((curve(p, xj) - yj) ** 2)
 
-    optimizer = optax.adam(2e-2)
+    optimizer = optax.adam(learning_rate)
     if hook != "off":
         draw = SineFigure(x, y) if hook == "draw" else _no_draw
         optimizer = live_optimizer(optimizer, draw, every=every, image=image,  # the one line
@@ -122,14 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--points", type=int, default=500)
     parser.add_argument("--every", type=int, default=25)
+    parser.add_argument("--learning-rate", type=float, default=2e-2)
     parser.add_argument("--backend", choices=("process", "thread"), default="process")
     parser.add_argument("--image", default="fit.png")
     args = parser.parse_args(argv)
     for name in ("starts", "steps", "every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be a positive number, got {args.learning_rate}")
     summary = run(hook=args.hook, starts=args.starts, steps=args.steps, points=args.points,
-                  every=args.every, backend=args.backend, image=args.image)
+                  every=args.every, learning_rate=args.learning_rate, backend=args.backend,
+                  image=args.image)
     if args.hook != "off":
         print(f"{summary['images']} pictures of the best start in {Path(args.image).resolve()}")
     print(json.dumps(summary))

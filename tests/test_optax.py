@@ -123,9 +123,17 @@ def test_bad_arguments_are_named(tmp_path):
     optimizer.close()
 
 
+def test_the_example_rejects_a_learning_rate_that_is_not_positive(capsys):
+    example = load_example("optax_multistart")
+    with pytest.raises(SystemExit):
+        example.main(["--hook", "off", "--learning-rate", "0"])
+    assert "--learning-rate must be a positive number, got 0.0" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_example_runs_in_a_render_process(tmp_path):
-    stdout, summary = run_example_script("optax_multistart", tmp_path, "--steps", "500")
+    stdout, summary = run_example_script("optax_multistart", tmp_path, "--steps", "500",
+                                         "--learning-rate", "0.01")
     assert summary["drawn_loss"] == pytest.approx(summary["best_loss"], rel=1e-6)
     assert "pictures of the best start in" in stdout
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
