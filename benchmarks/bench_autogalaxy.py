@@ -14,7 +14,9 @@ budget, the visualizer's own dpi) and at the new defaults (``render_budget``,
 quick update due every second (``quick_update_seconds: 1``, which replaces
 the count), with the default budget and with ``render_budget: 0.5``.
 Reported: ``search.fit`` wall time, images written while the search ran
-(this library draws only a new best, so each is distinct), the median time a
+(this library draws only a new best, so each is distinct), how many new
+maximum likelihoods the fit found and how many distinct ones stood when a
+quick update fell due (the ceiling on distinct images), the median time a
 picture took, and the render's measured share of one core (``render_share``:
 a render process's CPU time, a thread's wall time).
 
@@ -101,6 +103,21 @@ def galaxy_fit(variant: str, nlive: int, cadence: int, maxcall: int) -> dict[str
             return original_close(hub, *args)
 
         hub_module.Hub.close = close
+        # the ceiling on distinct images: new maximum likelihoods in the whole
+        # fit, and the distinct ones standing when a quick update fell due
+        bests: list[float] = []
+        at_ticks: set[float] = set()
+        original_improved, original_due = hub_module.Hub.improved, hub_module.Hub.due
+
+        def improved(hub, vector, log_likelihood):
+            bests.append(float(log_likelihood))
+            return original_improved(hub, vector, log_likelihood)
+
+        def due(hub, vector, log_likelihood, step):
+            at_ticks.add(float(log_likelihood))
+            return original_due(hub, vector, log_likelihood, step)
+
+        hub_module.Hub.improved, hub_module.Hub.due = improved, due
         original_draw_result = hub_module.Hub.draw_result
 
         def draw_result(hub, vector, log_likelihood):  # was the last picture the result's?
@@ -142,6 +159,8 @@ def galaxy_fit(variant: str, nlive: int, cadence: int, maxcall: int) -> dict[str
     if times:
         record["draw_s"] = sorted(times)[len(times) // 2]
     record.setdefault("during", 0)
+    if ours:
+        record.update(bests=len(bests), bests_at_ticks=len(at_ticks))
     return record
 
 
@@ -161,7 +180,10 @@ def run(repeats: int = 3, quick: bool = False) -> str:
         draws = [r["draw_s"] for r in runs if r.get("draw_s")]
         shares = [r["share"] for r in runs if "share" in r]
         finals = [r["final_was_best"] for r in runs if "final_was_best" in r]
+        bests = sorted(r["bests"] for r in runs if "bests" in r)
+        ticks = sorted(r["bests_at_ticks"] for r in runs if "bests_at_ticks" in r)
         rows.append([LABELS[name], fmt_times(walls), fmt_ratio(walls, base), str(during),
+                     f"{bests[len(bests) // 2]} / {ticks[len(ticks) // 2]}" if bests else "-",
                      f"{min_median(draws)[1]:.2f}" if draws else "-",
                      f"{min_median(shares)[1]:.2f}" if shares else "-",
                      f"{sum(finals)} of {len(finals)}" if finals else "-",
@@ -176,6 +198,8 @@ def run(repeats: int = 3, quick: bool = False) -> str:
             f"autogalaxy's own `fit.png`; {repeats} repeat(s), variants interleaved, each in a "
             "fresh interpreter.\n\n"
             + table(["variant", "wall s (min / median)", "vs no updates (min / median)",
-                     "images during the run (median)", "s per image (median)",
+                     "images during the run (median)",
+                     "new bests in the fit / distinct at the ticks (median)",
+                     "s per image (median)",
                      "render share (median)", "last picture is the result's best", "error"],
                      rows))
