@@ -62,7 +62,7 @@ class SineFigure:
 
 def run(*, hook: str = "draw", starts: int = 32, steps: int = 3000, points: int = 500,
         every: int = 25, learning_rate: float = 2e-2, backend: str = "process",
-        image: str = "fit.png", seed: int = 0) -> dict:
+        image: str = "fit.png", render_budget: float | None = None, seed: int = 0) -> dict:
     """One jitted multi-start optimisation; ``hook`` is ``off``, ``noop`` or ``draw``."""
     from autofit_jaxviz.optax import live_optimizer
 
@@ -75,8 +75,9 @@ def run(*, hook: str = "draw", starts: int = 32, steps: int = 3000, points: int 
     optimizer = optax.adam(learning_rate)
     if hook != "off":
         draw = SineFigure(x, y) if hook == "draw" else _no_draw
+        options = {} if render_budget is None else {"render_budget": render_budget}
         optimizer = live_optimizer(optimizer, draw, every=every, image=image,  # the one line
-                                   backend=backend)
+                                   backend=backend, **options)
 
     def step(carry, _):
         params, state = carry
@@ -105,6 +106,7 @@ def run(*, hook: str = "draw", starts: int = 32, steps: int = 3000, points: int 
         drawn = optimizer.view.drawn
         summary.update(images_during_run=during, images=optimizer.view.stats.rendered,
                        render_seconds=optimizer.view.stats.mean_render_seconds,
+                       render_share=optimizer.view.stats.render_share,
                        callbacks=optimizer.view.sink.stats().received,
                        drawn_loss=None if drawn is None else -drawn.log_likelihood)
     return summary
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-2)
     parser.add_argument("--backend", choices=("process", "thread"), default="process")
     parser.add_argument("--image", default="fit.png")
+    parser.add_argument("--render-budget", type=float, default=None,
+                        help="share of one core the pictures may take (default: the config's)")
     args = parser.parse_args(argv)
     for name in ("starts", "steps", "every"):
         if getattr(args, name) < 1:
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--learning-rate must be a positive number, got {args.learning_rate}")
     summary = run(hook=args.hook, starts=args.starts, steps=args.steps, points=args.points,
                   every=args.every, learning_rate=args.learning_rate, backend=args.backend,
-                  image=args.image)
+                  image=args.image, render_budget=args.render_budget)
     if args.hook != "off":
         print(f"{summary['images']} pictures of the best start in {Path(args.image).resolve()}")
     print(json.dumps(summary))
