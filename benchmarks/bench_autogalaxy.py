@@ -199,7 +199,7 @@ def run(repeats: int = 3, quick: bool = False) -> str:
             "fresh interpreter.\n\n"
             + table(["variant", "wall s (min / median)", "vs no updates (min / median)",
                      "images during the run (median)",
-                     "new bests in the fit / distinct at the ticks (median)",
+                     "new bests in the fit / distinct at the ticks (medians, each its own)",
                      "s per image (median)",
                      "render share (median)", "last picture is the result's best", "error"],
                      rows))

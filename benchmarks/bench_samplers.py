@@ -5,7 +5,7 @@ NUTS; ``blackjax_sine.py``: BlackJAX's stock ``window_adaptation`` and
 ``run_inference_algorithm``; ``blackjax_smc_sine.py``: its adaptive tempered
 SMC in a ``while_loop``; ``optax_multistart.py``: Adam from 32 vmapped
 starts in one jitted scan, sized so that its loss goes down for most of the
-run: at the example's defaults the best start converges in ~100 updates)
+run: at the example's defaults the best start converges in a few hundred updates)
 runs as a user runs it, a fresh interpreter per run, in three variants
 interleaved: the hook off (the plain library), on with a no-op draw, on with
 its real matplotlib draw in the render process (the default backend).

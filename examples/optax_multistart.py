@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -133,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("starts", "steps", "every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if not args.learning_rate > 0:
-        parser.error(f"--learning-rate must be a positive number, got {args.learning_rate}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        parser.error(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    if args.render_budget is not None and not 0 < args.render_budget <= 1:
+        parser.error("--render-budget must be a share of one core, > 0 and <= 1, "
+                     f"got {args.render_budget}")
     summary = run(hook=args.hook, starts=args.starts, steps=args.steps, points=args.points,
                   every=args.every, learning_rate=args.learning_rate, backend=args.backend,
                   image=args.image, render_budget=args.render_budget)

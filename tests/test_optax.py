@@ -123,18 +123,29 @@ def test_bad_arguments_are_named(tmp_path):
     optimizer.close()
 
 
-def test_the_example_rejects_a_learning_rate_that_is_not_positive(capsys):
+_SHARE = "--render-budget must be a share of one core, > 0 and <= 1, got "
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--learning-rate", "0", "--learning-rate must be a finite number > 0, got 0.0"),
+    ("--learning-rate", "inf", "--learning-rate must be a finite number > 0, got inf"),
+    ("--render-budget", "0", _SHARE + "0.0"),
+    ("--render-budget", "nan", _SHARE + "nan"),
+    ("--render-budget", "2", _SHARE + "2.0"),
+])
+def test_the_example_rejects_bad_rates_and_budgets_naming_them(capsys, flag, value, message):
     example = load_example("optax_multistart")
     with pytest.raises(SystemExit):
-        example.main(["--hook", "off", "--learning-rate", "0"])
-    assert "--learning-rate must be a positive number, got 0.0" in capsys.readouterr().err
+        example.main(["--hook", "off", flag, value])
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_example_runs_in_a_render_process(tmp_path):
     stdout, summary = run_example_script("optax_multistart", tmp_path, "--steps", "500",
-                                         "--learning-rate", "0.01")
+                                         "--render-budget", "0.5")
     assert summary["drawn_loss"] == pytest.approx(summary["best_loss"], rel=1e-6)
+    assert 0.0 <= summary["render_share"] <= 1.0
     assert "pictures of the best start in" in stdout
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
 
