@@ -18,7 +18,9 @@ algorithm). Its state is the algorithm's own state with a
 ``build_kernel`` (what ``window_adaptation`` runs) are the warm-up; steps of
 the sampling algorithm are sampling: from the first, the picture follows the
 best sample, so the last picture is the highest-``logdensity`` state the
-sampling returns. ``jax.vmap`` over chains calls back once per step at most.
+sampling returns (or the highest ``score(state)``, when one is given: the
+log likelihood, say). ``jax.vmap`` over chains calls back once per step at
+most; ``progress(steps_done)`` ticks on the host, for a progress line.
 
 SMC (tested with ``blackjax.adaptive_tempered_smc``, ``tempered_smc`` and
 ``persistent_sampling_smc``: any whose API takes ``logprior_fn,
@@ -45,8 +47,9 @@ from typing import Any, NamedTuple
 
 from autofit_jaxviz.device.lazy_jax import load_jax
 from autofit_jaxviz.device.phases import PhasedTracker
+from autofit_jaxviz.device.progress import ProgressCall, ticker
 from autofit_jaxviz.device.tracker import BestFitTracker, TrackerState, _positive_int
-from autofit_jaxviz.live import LiveView
+from autofit_jaxviz.live import BestFitView, LiveView
 from autofit_jaxviz.payload import BestFit
 
 try:
@@ -74,9 +77,12 @@ class LiveAlgorithm:
     """``algorithm`` (``blackjax.nuts``, ``blackjax.hmc``, ``blackjax.mala``...) with
     its best state drawn live. Build it with :func:`live_algorithm`."""
 
-    def __init__(self, algorithm: Any, view: LiveView, *, every: int = 1,
-                 transform: Callable[[Any], Any] | None = None) -> None:
-        _check_algorithm(algorithm, transform)
+    def __init__(self, algorithm: Any, view: BestFitView, *, every: int = 1,
+                 transform: Callable[[Any], Any] | None = None,
+                 score: Callable[[Any], Any] | None = None,
+                 progress: Callable[[int], Any] | None = None,
+                 progress_every: int = 100) -> None:
+        _check_algorithm(algorithm, transform, score)
         # BlackJAX's adaptation reads build_kernel's and the kernel's signatures
         # (which integrator / extra parameters to pass): show it the algorithm's own
         def build_kernel(*args: Any, **kwargs: Any) -> Callable[..., tuple[LiveState, Any]]:
@@ -86,25 +92,34 @@ class LiveAlgorithm:
         self.algorithm = algorithm
         self.view = view
         self.transform = transform
+        self.score = score
         self._phases = PhasedTracker(view, every=every)
+        self.progress = None if progress is None else ProgressCall(progress, view.name)
+        self._tick = None if self.progress is None else ticker(
+            self.progress, _positive_int("progress_every", progress_every))
 
     @property
     def callbacks(self) -> int:
-        """Host callbacks received so far (warm-up and sampling)."""
+        """Best-fit callbacks received so far (warm-up and sampling; not progress ticks)."""
         return self._phases.callbacks
+
+    def _score_of(self, inner: Any) -> Any:
+        return inner.logdensity if self.score is None else self.score(inner)
 
     def init(self, position: Any, logdensity_fn: Callable[[Any], Any], *args: Any,
              **kwargs: Any) -> LiveState:
         jnp = load_jax()[1]
         inner = self.algorithm.init(position, logdensity_fn, *args, **kwargs)
-        tracker = self._phases.init(inner.position, inner.logdensity)
+        tracker = self._phases.init(inner.position, self._score_of(inner))
         return LiveState(inner, tracker, jnp.bool_(False))
 
     def _follow(self, state: LiveState, inner: Any, sampling: bool) -> LiveState:
         jnp = load_jax()[1]
         tracker = self._phases.follow(
-            state.tracker, inner.position, inner.logdensity, sampling=jnp.bool_(sampling),
+            state.tracker, inner.position, self._score_of(inner), sampling=jnp.bool_(sampling),
             restart=~state.sampling if sampling else False, transform=self.transform)
+        if self._tick is not None:
+            self._tick(tracker.step)  # kernel steps done, warm-up and sampling together
         return LiveState(inner, tracker, jnp.bool_(sampling))
 
     def _build_kernel(self, *args: Any, **kwargs: Any) -> Callable[..., tuple[LiveState, Any]]:
@@ -126,7 +141,7 @@ class LiveAlgorithm:
         def init(position: Any, rng_key: Any = None) -> LiveState:
             inner = sampler.init(position, rng_key)
             jnp = load_jax()[1]
-            return LiveState(inner, self._phases.init(inner.position, inner.logdensity),
+            return LiveState(inner, self._phases.init(inner.position, self._score_of(inner)),
                              jnp.bool_(False))
 
         def step(rng_key: Any, state: LiveState, *args: Any, **kwargs: Any) -> Any:
@@ -218,7 +233,7 @@ def _check_smc(algorithm: Any, transform: Any) -> None:
         raise TypeError(f"transform must be a function of the position, got {transform!r}")
 
 
-def _check_algorithm(algorithm: Any, transform: Any) -> None:
+def _check_algorithm(algorithm: Any, transform: Any, score: Any = None) -> None:
     for needed in ("init", "build_kernel"):
         if not callable(getattr(algorithm, needed, None)):
             raise TypeError(
@@ -226,6 +241,8 @@ def _check_algorithm(algorithm: Any, transform: Any) -> None:
                 f"init and build_kernel), got {type(algorithm).__name__}: {algorithm!r}")
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be a function of the position, got {transform!r}")
+    if score is not None and not callable(score):
+        raise TypeError(f"score must be a function of the algorithm's state, got {score!r}")
 
 
 def _inner_of(state: Any, who: str = "live_algorithm kernel") -> Any:
@@ -238,21 +255,33 @@ def _inner_of(state: Any, who: str = "live_algorithm kernel") -> Any:
 
 def live_algorithm(algorithm: Any, draw: Callable[[BestFit], Any], *, every: int = 1,
                    transform: Callable[[Any], Any] | None = None,
+                   score: Callable[[Any], Any] | None = None,
+                   progress: Callable[[int], Any] | None = None, progress_every: int = 100,
                    **view_options: Any) -> LiveAlgorithm:
     """Wrap a BlackJAX algorithm so that ``draw(best)`` shows its best state live.
 
     ``best.parameters`` is the position (or ``transform(position)``, run on the
     device only when a report fires, e.g. to constrained parameters),
-    ``best.log_likelihood`` the state's ``logdensity``, ``best.step`` the step
-    that found it (counted from the start of the warm-up). ``every`` thins
-    warm-up reports; ``view_options`` go to :class:`~autofit_jaxviz.live.LiveView`.
+    ``best.log_likelihood`` the state's score, ``best.step`` the step that
+    found it (counted from the start of the warm-up). The score is the state's
+    ``logdensity`` (the log posterior) unless ``score(state)`` says otherwise,
+    e.g. the log likelihood ``state.logdensity - log_prior(state.position)``;
+    the best is the highest score. ``every`` thins warm-up reports.
+    ``progress(steps_done)`` is called on the host every ``progress_every``
+    kernel steps (warm-up and sampling together; once per step for vmapped
+    chains); it must be quick and never raises into the sampler.
+    ``view_options`` go to :class:`~autofit_jaxviz.live.LiveView`.
     """
-    _check_algorithm(algorithm, transform)
+    _check_algorithm(algorithm, transform, score)
     _positive_int("every", every)
+    _positive_int("progress_every", progress_every)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function of the steps done, got {progress!r}")
     name = getattr(algorithm, "__name__", None) or type(algorithm).__name__
     view_options.setdefault("name", f"live[{name}]")
     return LiveAlgorithm(algorithm, LiveView(draw, **view_options), every=every,
-                         transform=transform)
+                         transform=transform, score=score, progress=progress,
+                         progress_every=progress_every)
 
 
 def live_smc(algorithm: Any, draw: Callable[[BestFit], Any], *,

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from autofit_jaxviz.backends import Backend
 from autofit_jaxviz.config import load_settings
@@ -28,6 +28,24 @@ from autofit_jaxviz.render.process import ProcessRender
 from autofit_jaxviz.render.pyplot import PyplotGuarded
 from autofit_jaxviz.render.worker import QuickUpdateWorker, WorkerStats
 from autofit_jaxviz.retention import Retention
+
+
+class BestFitView(Protocol):
+    """What an adapter draws through: a :class:`LiveView`, or a caller's own
+    worker pipeline (the demo's adds the history of bests to every picture).
+
+    ``sink`` takes the sampling phase's bests; ``worker.submit(best)`` gets the
+    warm-up's until a sampling best has arrived; ``close`` waits for the run
+    and its callbacks after it and draws the final best.
+    """
+
+    name: str
+    sink: HostSink
+
+    @property
+    def worker(self) -> Any: ...
+
+    def close(self, timeout: float | None = None, *, wait_for: Any = None) -> bool: ...
 
 
 class FigureRender:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
@@ -54,6 +55,13 @@ def test_bad_arguments_are_named(tmp_path):
         live_algorithm(blackjax.nuts.init, lambda best: None)
     with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
         live_algorithm(blackjax.nuts, lambda best: None, every=0)
+    with pytest.raises(ValueError, match="progress_every must be an integer >= 1, got 0"):
+        live_algorithm(blackjax.nuts, lambda best: None, progress=print, progress_every=0)
+    with pytest.raises(TypeError, match="progress must be a function of the steps done, got 5"):
+        live_algorithm(blackjax.nuts, lambda best: None, progress=5)
+    with pytest.raises(TypeError, match="score must be a function of the algorithm's state, "
+                                        "got 'logdensity'"):
+        live_algorithm(blackjax.nuts, lambda best: None, score="logdensity")
     nuts = live_algorithm(blackjax.nuts, lambda best: None, image=tmp_path / "f.png",
                           backend="thread")
     import inspect  # BlackJAX's adaptation reads these signatures: they are the algorithm's
@@ -63,6 +71,65 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(TypeError, match="needs the state its own init built.*HMCState"):
         kernel(jax.random.PRNGKey(0), plain, lambda p: -p["a"] ** 2, 0.1, jnp.ones(1))
     nuts.close()
+
+
+def _sine(points=100):
+    example = load_example("blackjax_sine")
+    x, y = example.simulate(points)
+    return example, example.make_logdensity(jnp.asarray(x), jnp.asarray(y))
+
+
+def test_score_chooses_the_best_and_progress_ticks_once_per_step_for_vmapped_chains(tmp_path):
+    example, logdensity = _sine()
+    ticks = []
+
+    def score(state):  # not the log density: the sample closest to amplitude 1.2
+        return -(state.position["amplitude"] - 1.2) ** 2
+
+    nuts = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "f.png",
+                          backend="thread", score=score, progress=ticks.append,
+                          progress_every=10)
+    (state, parameters), _ = blackjax.window_adaptation(nuts, logdensity).run(
+        jax.random.PRNGKey(0), example.START, num_steps=50)
+    sampler = nuts(logdensity, **parameters)
+    chains = 3
+
+    @jax.jit
+    def sample(states, key):
+        def one_step(states, key):
+            states, _ = jax.vmap(sampler.step)(jax.random.split(key, chains), states)
+            return states, states.position["amplitude"]
+        return jax.lax.scan(one_step, states, jax.random.split(key, 100))
+
+    states, amplitudes = sample(jax.vmap(lambda _: state)(jnp.arange(chains)),
+                                jax.random.PRNGKey(1))
+    nuts.close(states)
+    # 50 warm-up steps, then 100 vmapped steps of 3 chains: one tick per 10 steps, not per chain
+    assert sorted(ticks) == list(range(10, 151, 10))
+    assert nuts.progress.calls == 15 and nuts.progress.failed == 0
+    flat = np.asarray(amplitudes).reshape(-1)
+    closest = flat[np.argmax(-(flat - 1.2) ** 2)]  # of the samples: the warm-up was forgotten
+    assert nuts.view.drawn is not None
+    assert float(nuts.view.drawn.parameters["amplitude"]) == pytest.approx(float(closest))
+    assert nuts.view.drawn.log_likelihood == pytest.approx(-(float(closest) - 1.2) ** 2, rel=1e-4)
+
+
+def test_a_progress_callback_that_raises_does_not_stop_the_run(tmp_path, caplog):
+    example, logdensity = _sine()
+
+    def progress(steps):
+        raise RuntimeError(f"broken progress at {steps}")
+
+    nuts = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "f.png",
+                          backend="thread", progress=progress, progress_every=7)
+    state, (history, _) = blackjax.util.run_inference_algorithm(
+        jax.random.PRNGKey(1), nuts(logdensity, step_size=0.05,
+                                    inverse_mass_matrix=jnp.ones(5)), 30,
+        initial_position=example.START)
+    nuts.close(state)
+    assert history.logdensity.shape == (30,)
+    assert nuts.progress.calls == nuts.progress.failed == 4  # steps 7, 14, 21, 28
+    assert "broken progress at 7" in caplog.text
 
 
 @pytest.mark.slow

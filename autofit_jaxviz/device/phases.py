@@ -29,7 +29,7 @@ from autofit_jaxviz.host.sink import HostSink
 from autofit_jaxviz.payload import BestFit
 
 if TYPE_CHECKING:
-    from autofit_jaxviz.live import LiveView
+    from autofit_jaxviz.live import BestFitView
 
 
 class PhasedTracker:
@@ -40,7 +40,7 @@ class PhasedTracker:
     the phase travels as one flag in the packed payload and the host routes it
     to its sink, so the transform and the callback are compiled once."""
 
-    def __init__(self, view: LiveView, *, every: int = 1) -> None:
+    def __init__(self, view: BestFitView, *, every: int = 1) -> None:
         self.every = _positive_int("every", every)
         self.view = view
         self.warmup = BestFitTracker(HostSink(self._warmup_best, name=view.name))
