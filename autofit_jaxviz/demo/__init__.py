@@ -1,13 +1,19 @@
 """The live demo: fit a simulated galaxy with a fully jitted NUTS sampler and watch its best fit.
 
-What it shows: a BlackJAX NUTS sampler, warm-up adaptation included, runs as
-**one** jitted ``lax.scan`` with no Python between steps. A
-:class:`~autofit_jaxviz.device.tracker.BestFitTracker` in the scan's carry calls the
-host only when the best fit improved; the host hands it to a latest-only
+What it shows: BlackJAX's NUTS through its stock ``window_adaptation`` and
+``blackjax.util.run_inference_algorithm``, the two jitted as one program with
+no Python between steps. :class:`~autofit_jaxviz.blackjax.LiveAlgorithm` wraps
+``blackjax.nuts`` (what ``live_algorithm`` builds, here with the demo's own
+view): the best fit rides in the sampler's state and the host is called only
+when it improved; the host hands it to a latest-only
 :class:`~autofit_jaxviz.render.worker.QuickUpdateWorker` that redraws ``fit.png``
 (data, best model, normalised residuals, best log-likelihood against step)
-while the sampler keeps running. ``--no-viz`` runs the same sampler without
-any hook, as the baseline for the cost of watching.
+while the sampler keeps running. The score is the log *likelihood* (the
+state's log posterior minus the log prior); the picture shows the warm-up's
+best state, then from the first sampling step the best sample. The progress
+line is fed by the adapter's ``progress`` ticks. ``--no-viz`` runs plain
+``blackjax.nuts`` through the same calls, as the baseline for the cost of
+watching.
 
 The model: an elliptical Sersic light profile on a 100x100 pixel image
 (0.1 arcsec pixels) plus Gaussian noise of known sigma. Seven unconstrained
@@ -34,7 +40,7 @@ Nothing here imports JAX or BlackJAX at module level: the renderer (which a
 matplotlib, and a missing package is reported by :func:`require_sampler`.
 
 Its parts: :mod:`.model` (the galaxy and its likelihood), :mod:`.sampler` (the
-jitted NUTS run with the tracker), :mod:`.figure` (the picture and the history
+jitted NUTS run), :mod:`.figure` (the picture and the history
 it carries), :mod:`.progress` (the progress line), :mod:`.run` (one run) and
 :mod:`.cli` (the command line).
 """

@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seed of the simulated noise and of the sampler (default: 0)")
     parser.add_argument(
         "--every", type=_int_at_least(1, "a positive integer"), default=1, metavar="N",
-        help="report an improved best fit to the host at most once per N steps (default: 1)")
+        help="during warm-up, report an improved best fit to the host only every N steps "
+        "(sampling improvements are always reported; default: 1)")
     parser.add_argument(
         "--view", nargs="?", type=_port, const=8765, default=None,
         metavar="PORT", help="also serve the live page of the fit (python -m autofit_jaxviz "

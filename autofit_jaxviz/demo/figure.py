@@ -148,9 +148,9 @@ class FitRenderer:
         fig = Figure(figsize=(IMAGE_SIZE[0] / _DPI, IMAGE_SIZE[1] / _DPI), dpi=_DPI,
                      layout="constrained")
         grid = fig.add_gridspec(2, 3, height_ratios=[1.15, 0.85])
-        phase = "warm-up" if frame.step <= frame.warmup else "sampling"
+        phase = "warm-up" if frame.step < frame.warmup else "sampling"
         fig.suptitle(
-            f"Sersic fit, fully jitted NUTS: best fit at step {frame.step:,} of "
+            f"Sersic fit, BlackJAX NUTS in one jit: best fit at step {frame.step:,} of "
             f"{frame.total_steps:,} ({phase}), {frame.elapsed:.1f} s into sampling, "
             f"log L = {frame.log_likelihood:,.2f}\n"
             f"best  {describe_parameters(params)}\n"
@@ -197,7 +197,8 @@ class FitRenderer:
             ax.axvspan(0, frame.warmup, color="0.92", zorder=0, label="warm-up (adaptation)")
         # the best is flat between improvements, up to the step this frame was found at
         ax.step(np.append(steps, frame.step), np.append(values, current), where="post",
-                color="C0", lw=1.5, label="best log L so far (dots: improvements)")
+                color="C0", lw=1.5,
+                label="best log L so far: warm-up's, then the samples' (dots: improvements)")
         ax.plot(steps, values, "o", color="C0", ms=3)
         ax.plot([frame.step], [current], "o", color="C3", ms=7, zorder=3,
                 label=f"drawn above: step {frame.step:,}")

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import Any, TextIO, cast
 
 import numpy as np
 
@@ -24,17 +24,35 @@ from autofit_jaxviz.demo.model import (
 )
 from autofit_jaxviz.demo.progress import Progress
 from autofit_jaxviz.demo.sampler import build_sampler, float_dtype, require_sampler
+from autofit_jaxviz.device.lazy_jax import block_until_ready, effects_barrier
 from autofit_jaxviz.history import PictureHistory, history_folder
+from autofit_jaxviz.host.sink import HostSink
 from autofit_jaxviz.render.worker import QuickUpdateWorker, WorkerStats
-
-if TYPE_CHECKING:
-    from autofit_jaxviz.device.tracker import BestFitTracker
-
 
 DEFAULT_STEPS = 3000
 DEFAULT_WARMUP = 500
 DEFAULT_OUTPUT = Path("demo_output")
 IMAGE_NAME = "fit.png"
+
+
+class DemoView:
+    """What the demo's live NUTS draws through (a :class:`~autofit_jaxviz.live.BestFitView`):
+    every best goes through :class:`FrameSource`, which adds the history of bests
+    to the frame the renderer draws, instead of a :class:`~autofit_jaxviz.LiveView`."""
+
+    name = "demo"
+
+    def __init__(self, source: FrameSource) -> None:
+        self.worker = source  # warm-up bests, until a sampling best has come
+        self.sink = HostSink(source, name=self.name)
+
+    def close(self, timeout: float | None = 120.0, *, wait_for: Any = None) -> bool:
+        """Wait for the run and every callback it dispatched; the worker's shutdown
+        (the caller's) then draws the last best."""
+        done = block_until_ready(wait_for, timeout) if wait_for is not None else True
+        done = effects_barrier(timeout) and done
+        self.sink.flush()
+        return done
 
 @dataclass(frozen=True)
 class DemoResult:
@@ -51,7 +69,7 @@ class DemoResult:
     sampling_seconds: float
     best_log_likelihood: float
     best_parameters: np.ndarray
-    best_step: int | None  # None without the tracker (the baseline does not know it)
+    best_step: int | None  # None for the baseline (no picture to match it with)
     truth_log_likelihood: float
     gradient_evaluations: int
     divergences: int
@@ -120,9 +138,10 @@ def run_demo(
     notebook, ``on_rendered(frame, png_path)`` is called on the renderer
     thread after each image (e.g. to refresh a display); ``progress=True``
     writes the progress line and summary to ``stream`` (default stdout).
-    ``every`` is the tracker's ``every``: at most one host call per that many
-    steps. ``visualize=False`` is the baseline: the same scan without tracker,
-    progress callback or worker. ``history``: every picture is also kept in
+    ``every`` thins the warm-up's reports to one per that many steps
+    (``live_algorithm``'s ``every``). ``visualize=False`` is the baseline:
+    plain ``blackjax.nuts`` through the same calls, without progress ticks or
+    worker. ``history``: every picture is also kept in
     ``output/fit_history`` (what the live page shows); ``viewer_port``: start
     the live page on ``output`` at that port (0: any free one).
 
@@ -140,8 +159,6 @@ def run_demo(
     require_sampler()
     import jax
 
-    from autofit_jaxviz.device.tracker import BestFitTracker
-
     out = sys.stdout if stream is None else stream
 
     def say(text: str) -> None:
@@ -156,8 +173,7 @@ def run_demo(
 
     worker: QuickUpdateWorker | None = None
     meter: Progress | None = None
-    tracker: BestFitTracker | None = None
-    source: FrameSource | None = None
+    view: DemoView | None = None
     pictures: PictureHistory | None = None
     if image is not None:
         pictures = PictureHistory(history_folder(image), name="demo: NUTS on a Sersic galaxy",
@@ -178,26 +194,25 @@ def run_demo(
         worker = QuickUpdateWorker(FitRenderer(observation, image),
                                    backend=cast(Backend, backend), name="demo",
                                    on_rendered=after_render)
-        source = FrameSource(worker, total_steps=total, warmup=warmup)
-        tracker = BestFitTracker(source, every=every)
+        view = DemoView(FrameSource(worker, total_steps=total, warmup=warmup))
         if progress:
-            meter = Progress(total, out, worker, source)
+            meter = Progress(total, out, worker, view.worker)
 
     say(f"simulated a {observation.data.shape[1]}x{observation.data.shape[0]} Sersic galaxy "
-        f"(seed {seed}); fitting 7 parameters with NUTS: {warmup:,} warm-up + {steps:,} steps "
-        "in one jitted lax.scan")
+        f"(seed {seed}); fitting 7 parameters with BlackJAX's NUTS: {warmup:,} warm-up "
+        f"(window_adaptation) + {steps:,} steps (run_inference_algorithm), jitted as one")
     if image is not None:
         say(f"live best fit ({backend} backend): {image}")
         if pictures is not None and viewer_port is None:
             say(f"every picture is kept in {pictures.folder}; watch it in a browser with: "
                 f"python -m autofit_jaxviz view {output}")
     else:
-        say("--no-viz: no tracker, no progress callback, no images (the baseline)")
+        say("--no-viz: plain blackjax.nuts, no progress callback, no images (the baseline)")
 
     try:
         started = time.perf_counter()
-        run = build_sampler(observation, warmup=warmup, steps=steps, tracker=tracker,
-                             tick=None if meter is None else meter.tick)
+        run = build_sampler(observation, warmup=warmup, steps=steps, view=view, every=every,
+                            progress=None if meter is None else meter.tick)
         key = jax.random.key(seed)
         begin = np.asarray(START, float_dtype())
         compiled = jax.jit(run).lower(key, begin).compile()
@@ -205,22 +220,12 @@ def run_demo(
         say(f"compiled in {compile_seconds:.1f} s; sampling...")
 
         started = time.perf_counter()
-        if source is not None:
-            source.started = time.monotonic()
+        if view is not None:
+            view.worker.started = time.monotonic()
         result = jax.block_until_ready(compiled(key, begin))
         sampling_seconds = time.perf_counter() - started
-
-        best_step: int | None = None
-        if tracker is not None:
-            jax.effects_barrier()  # every callback of the scan has reached the host
-            state = result["best"]
-            tracker.report_final(state)  # a concrete state: handed on before it returns
-            best_ll = float(state.best_log_likelihood)
-            best_params = np.asarray(state.best_parameters)
-            best_step = int(state.best_step)
-        else:
-            best_ll = float(result["best"][0])
-            best_params = np.asarray(result["best"][1])
+        if view is not None:
+            view.close(wait_for=result)  # every callback of the run has reached the host
     finally:
         if worker is not None:
             worker.shutdown(timeout=120)  # draws the final best fit first
@@ -241,9 +246,9 @@ def run_demo(
         seed=seed,
         compile_seconds=compile_seconds,
         sampling_seconds=sampling_seconds,
-        best_log_likelihood=best_ll,
-        best_parameters=best_params,
-        best_step=best_step,
+        best_log_likelihood=float(result["best_log_likelihood"]),
+        best_parameters=np.asarray(result["best_parameters"]),
+        best_step=None if view is None else int(result["best_step"]),
         truth_log_likelihood=log_likelihood(observation.truth, observation),
         gradient_evaluations=int(result["gradient_evaluations"]),
         divergences=int(result["divergences"]),

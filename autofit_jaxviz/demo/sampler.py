@@ -1,12 +1,10 @@
-"""BlackJAX NUTS, warm-up included, as one jitted ``lax.scan`` with the tracker in its carry."""
+"""BlackJAX NUTS through its stock warm-up and loop, one jitted run, drawn by ``LiveAlgorithm``."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from autofit_jaxviz.demo.model import (
     PRIOR_MEAN,
@@ -19,7 +17,7 @@ from autofit_jaxviz.demo.model import (
 from autofit_jaxviz.demo.progress import PROGRESS_TICKS
 
 if TYPE_CHECKING:
-    pass
+    from autofit_jaxviz.live import BestFitView
 
 
 class MissingDependencyError(ImportError):
@@ -57,28 +55,30 @@ def build_sampler(
     *,
     warmup: int,
     steps: int,
-    tracker: Any | None,
-    tick: Callable[[Any], None] | None,
+    view: BestFitView | None = None,
+    every: int = 1,
+    progress: Callable[[int], Any] | None = None,
 ) -> Callable[..., Any]:
-    """The whole run as one function for ``jax.jit``: one ``lax.scan`` over warm-up + sampling.
+    """The whole run for ``jax.jit``: BlackJAX's stock ``window_adaptation``, then
+    ``run_inference_algorithm``, with ``blackjax.nuts`` as it comes.
 
-    Warm-up is Stan's windowed adaptation (dual averaging of the step size,
-    diagonal mass matrix from expanding windows) built from BlackJAX's
-    adaptation pieces inside our own scan, because ``blackjax.window_adaptation``
-    runs its own scan, which has no room for the tracker: the warm-up is where
-    the fit improves most, so that is where the picture must update.
+    With ``view`` the algorithm is :class:`~autofit_jaxviz.blackjax.LiveAlgorithm`
+    around ``blackjax.nuts``: the best *likelihood* is drawn (the score is the
+    state's log posterior minus the log prior), warm-up reports thinned by
+    ``every``, and ``progress(steps_done)`` ticks about :data:`PROGRESS_TICKS`
+    times a run. Without it this is the baseline: the same chain, nothing
+    watching. Either way the best sample (the highest likelihood the sampling
+    returns) is found from the run's own trace.
     """
     import blackjax
     import jax
     import jax.numpy as jnp
-    from blackjax.adaptation.mass_matrix import mass_matrix_adaptation
-    from blackjax.adaptation.step_size import dual_averaging_adaptation
-    from blackjax.adaptation.window_adaptation import build_schedule
-    from jax import lax
+    from blackjax.util import run_inference_algorithm
 
-    total = warmup + steps
-    # float32 by default; float64 when the user runs JAX with x64 on, because
-    # BlackJAX then builds its adaptation state in float64 and lax.cond needs one dtype
+    from autofit_jaxviz.blackjax import LiveAlgorithm
+
+    # float32 by default; float64 when the user runs JAX with x64 on (as importing
+    # autofit does): BlackJAX's conds need the state and its adaptation in one dtype
     dtype = float_dtype()
     x, y = (jnp.asarray(a, dtype)
             for a in pixel_grid(observation.data.shape, observation.pixel_scale))
@@ -98,69 +98,41 @@ def build_sampler(
     def log_posterior(p: Any) -> Any:
         return log_like(p) + log_prior(p)
 
-    # (stage, is the end of a slow window) per warm-up step; a dummy row when there is none
-    schedule = np.asarray(build_schedule(warmup), np.int32) if warmup else np.zeros((1, 2))
-    schedule = schedule.astype(np.int32).reshape(-1, 2)
-    kernel = blackjax.nuts.build_kernel()
-    da_init, da_update, da_final = dual_averaging_adaptation(0.8)
-    mm_init, mm_update, mm_final = mass_matrix_adaptation(is_diagonal_matrix=True)
-    tick_every = max(1, total // PROGRESS_TICKS)
+    nuts: Any = blackjax.nuts
+    if view is not None:
+        nuts = LiveAlgorithm(
+            blackjax.nuts, view, every=every,
+            score=lambda state: state.logdensity - log_prior(state.position),
+            progress=progress, progress_every=max(1, (warmup + steps) // PROGRESS_TICKS))
 
-    def adapt(i: Any, stage: Any, window_end: Any, position: Any, acceptance: Any,
-              da: Any, mm: Any) -> tuple[Any, Any, Any, Any]:
-        da = da_update(da, acceptance)
-        mm = lax.cond(stage == 1, lambda m: mm_update(m, position), lambda m: m, mm)
-        # end of a slow window: new mass matrix, step size restarts from its average
-        da, mm = lax.cond(
-            window_end == 1,
-            lambda d, m: (da_init(da_final(d)), mm_final(m)),
-            lambda d, m: (d, m),
-            da, mm,
-        )
-        step_size = jnp.where(i == warmup - 1, da_final(da), jnp.exp(da.log_step_size))
-        return da, mm, step_size.astype(dtype), mm.inverse_mass_matrix.astype(dtype)
+    def record(state: Any, info: Any) -> tuple[Any, ...]:
+        # what the run returns per sampling step: no full states kept
+        return (log_like(state.position), state.position, info.num_integration_steps,
+                info.is_divergent)
 
     def run(key: Any, start: Any) -> dict[str, Any]:
-        state = blackjax.nuts.init(start, log_posterior)
-        mm = mm_init(start.shape[0])
-        start_ll = state.logdensity - log_prior(start)
-        if tracker is not None:
-            best = tracker.init(start)
-            best = tracker.update(best, start, start_ll)  # step 0: the starting point
+        warmup_key, sampling_key = jax.random.split(key)
+        if warmup:
+            (state, parameters), adapted = blackjax.window_adaptation(
+                nuts, log_posterior).run(warmup_key, start, num_steps=warmup)
+            grads = jnp.sum(adapted.info.num_integration_steps)
+            divergent = jnp.sum(adapted.info.is_divergent.astype(jnp.int32))
         else:
-            best = (start_ll, start)
-        initial_step_size = jnp.asarray(0.01, dtype)
-        carry = (state, da_init(initial_step_size), mm, initial_step_size,
-                 mm.inverse_mass_matrix.astype(dtype), best, jnp.int32(0), jnp.int32(0))
-
-        table = jnp.asarray(schedule)
-
-        def one_step(carry: Any, i: Any) -> tuple[Any, None]:
-            state, da, mm, step_size, imm, best, grads, divergent = carry
-            stage, window_end = table[jnp.minimum(i, table.shape[0] - 1)]
-            step_key = jax.random.fold_in(key, i)
-            state, info = kernel(step_key, state, log_posterior, step_size, imm)
-            da, mm, step_size, imm = lax.cond(
-                i < warmup,
-                lambda: adapt(i, stage, window_end, state.position, info.acceptance_rate, da, mm),
-                lambda: (da, mm, step_size, imm),
-            )
-            ll = state.logdensity - log_prior(state.position)
-            if tracker is not None:
-                best = tracker.update(best, state.position, ll)
-            else:
-                better = ll > best[0]
-                best = (jnp.where(better, ll, best[0]), jnp.where(better, state.position, best[1]))
-            if tick is not None:
-                done = i + 1
-                lax.cond(done % tick_every == 0,
-                         lambda: jax.debug.callback(tick, done), lambda: None)
-            grads = grads + info.num_integration_steps
-            divergent = divergent + info.is_divergent.astype(jnp.int32)
-            return (state, da, mm, step_size, imm, best, grads, divergent), None
-
-        carry, _ = lax.scan(one_step, carry, jnp.arange(total))
-        best, grads, divergent = carry[5:]
-        return {"best": best, "gradient_evaluations": grads, "divergences": divergent}
+            state = nuts.init(start, log_posterior)
+            parameters = {"step_size": jnp.asarray(0.01, dtype),
+                          "inverse_mass_matrix": jnp.ones(start.shape[0], dtype)}
+            grads = divergent = jnp.int32(0)
+        state, (lls, positions, integration, divergences) = run_inference_algorithm(
+            sampling_key, nuts(log_posterior, **parameters), steps, initial_state=state,
+            transform=record)
+        best = jnp.argmax(lls)
+        return {
+            "best_log_likelihood": lls[best],
+            "best_parameters": positions[best],
+            "best_step": warmup + best,  # counted from the first warm-up step, as the tracker
+            "gradient_evaluations": grads + jnp.sum(integration),
+            "divergences": divergent + jnp.sum(divergences.astype(jnp.int32)),
+            "state": state,
+        }
 
     return run
