@@ -20,7 +20,8 @@ the sampling algorithm are sampling: from the first, the picture follows the
 best sample, so the last picture is the highest-``logdensity`` state the
 sampling returns (or the highest ``score(state)``, when one is given: the
 log likelihood, say). ``jax.vmap`` over chains calls back once per step at
-most; ``progress(steps_done)`` ticks on the host, for a progress line.
+most (plus one ``progress(steps_done)`` tick every ``progress_every`` steps,
+when asked for: a progress line).
 
 SMC (tested with ``blackjax.adaptive_tempered_smc``, ``tempered_smc`` and
 ``persistent_sampling_smc``: any whose API takes ``logprior_fn,
@@ -81,8 +82,9 @@ class LiveAlgorithm:
                  transform: Callable[[Any], Any] | None = None,
                  score: Callable[[Any], Any] | None = None,
                  progress: Callable[[int], Any] | None = None,
-                 progress_every: int = 100) -> None:
+                 progress_every: int | None = None) -> None:
         _check_algorithm(algorithm, transform, score)
+        progress_every = _check_progress(progress, progress_every)
         # BlackJAX's adaptation reads build_kernel's and the kernel's signatures
         # (which integrator / extra parameters to pass): show it the algorithm's own
         def build_kernel(*args: Any, **kwargs: Any) -> Callable[..., tuple[LiveState, Any]]:
@@ -95,8 +97,7 @@ class LiveAlgorithm:
         self.score = score
         self._phases = PhasedTracker(view, every=every)
         self.progress = None if progress is None else ProgressCall(progress, view.name)
-        self._tick = None if self.progress is None else ticker(
-            self.progress, _positive_int("progress_every", progress_every))
+        self._tick = None if self.progress is None else ticker(self.progress, progress_every)
 
     @property
     def callbacks(self) -> int:
@@ -104,7 +105,17 @@ class LiveAlgorithm:
         return self._phases.callbacks
 
     def _score_of(self, inner: Any) -> Any:
-        return inner.logdensity if self.score is None else self.score(inner)
+        if self.score is None:
+            return inner.logdensity
+        value = self.score(inner)
+        jnp = load_jax()[1]
+        if jnp.shape(value) != () or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            # a vector would be taken for a batch of walkers, an integer refused
+            # deeper down without naming score: say it here
+            raise TypeError(
+                "score(state) must return a float scalar (the value to rank states by), got "
+                f"{jnp.result_type(value)} of shape {jnp.shape(value)}")
+        return value
 
     def init(self, position: Any, logdensity_fn: Callable[[Any], Any], *args: Any,
              **kwargs: Any) -> LiveState:
@@ -245,6 +256,19 @@ def _check_algorithm(algorithm: Any, transform: Any, score: Any = None) -> None:
         raise TypeError(f"score must be a function of the algorithm's state, got {score!r}")
 
 
+def _check_progress(progress: Any, progress_every: Any) -> int:
+    """``progress_every`` checked (and 100 when unset); never without ``progress``."""
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function of the steps done, got {progress!r}")
+    if progress_every is None:
+        return 100
+    _positive_int("progress_every", progress_every)
+    if progress is None:
+        raise ValueError(f"progress_every={progress_every!r} needs progress= (the function "
+                         "to call with the steps done)")
+    return int(progress_every)
+
+
 def _inner_of(state: Any, who: str = "live_algorithm kernel") -> Any:
     if not isinstance(state, LiveState):
         raise TypeError(
@@ -256,7 +280,8 @@ def _inner_of(state: Any, who: str = "live_algorithm kernel") -> Any:
 def live_algorithm(algorithm: Any, draw: Callable[[BestFit], Any], *, every: int = 1,
                    transform: Callable[[Any], Any] | None = None,
                    score: Callable[[Any], Any] | None = None,
-                   progress: Callable[[int], Any] | None = None, progress_every: int = 100,
+                   progress: Callable[[int], Any] | None = None,
+                   progress_every: int | None = None,
                    **view_options: Any) -> LiveAlgorithm:
     """Wrap a BlackJAX algorithm so that ``draw(best)`` shows its best state live.
 
@@ -268,15 +293,14 @@ def live_algorithm(algorithm: Any, draw: Callable[[BestFit], Any], *, every: int
     e.g. the log likelihood ``state.logdensity - log_prior(state.position)``;
     the best is the highest score. ``every`` thins warm-up reports.
     ``progress(steps_done)`` is called on the host every ``progress_every``
-    kernel steps (warm-up and sampling together; once per step for vmapped
-    chains); it must be quick and never raises into the sampler.
+    (default 100) kernel steps, warm-up and sampling together, once per step
+    for vmapped chains; it must be quick, and what it raises is logged, never
+    raised into the sampler.
     ``view_options`` go to :class:`~autofit_jaxviz.live.LiveView`.
     """
     _check_algorithm(algorithm, transform, score)
     _positive_int("every", every)
-    _positive_int("progress_every", progress_every)
-    if progress is not None and not callable(progress):
-        raise TypeError(f"progress must be a function of the steps done, got {progress!r}")
+    _check_progress(progress, progress_every)
     name = getattr(algorithm, "__name__", None) or type(algorithm).__name__
     view_options.setdefault("name", f"live[{name}]")
     return LiveAlgorithm(algorithm, LiveView(draw, **view_options), every=every,

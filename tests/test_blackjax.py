@@ -62,6 +62,8 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(TypeError, match="score must be a function of the algorithm's state, "
                                         "got 'logdensity'"):
         live_algorithm(blackjax.nuts, lambda best: None, score="logdensity")
+    with pytest.raises(ValueError, match="progress_every=10 needs progress="):
+        live_algorithm(blackjax.nuts, lambda best: None, progress_every=10)
     nuts = live_algorithm(blackjax.nuts, lambda best: None, image=tmp_path / "f.png",
                           backend="thread")
     import inspect  # BlackJAX's adaptation reads these signatures: they are the algorithm's
@@ -112,6 +114,19 @@ def test_score_chooses_the_best_and_progress_ticks_once_per_step_for_vmapped_cha
     assert nuts.view.drawn is not None
     assert float(nuts.view.drawn.parameters["amplitude"]) == pytest.approx(float(closest))
     assert nuts.view.drawn.log_likelihood == pytest.approx(-(float(closest) - 1.2) ** 2, rel=1e-4)
+
+
+@pytest.mark.parametrize(("score", "got"), [
+    (lambda state: state.position, "float32 of shape (3,)"),  # a forgotten sum
+    (lambda state: jnp.int32(1), "int32 of shape ()"),
+])
+def test_a_score_that_is_not_a_float_scalar_is_named(tmp_path, score, got):
+    nuts = live_algorithm(blackjax.nuts, lambda best: None, image=tmp_path / "f.png",
+                          backend="thread", score=score)
+    with pytest.raises(TypeError, match=r"score\(state\) must return a float scalar .*got "
+                                        + got.replace("(", r"\(").replace(")", r"\)")):
+        nuts.init(jnp.zeros(3, jnp.float32), lambda p: -jnp.sum(p**2))
+    nuts.close()
 
 
 def test_a_progress_callback_that_raises_does_not_stop_the_run(tmp_path, caplog):

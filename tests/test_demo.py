@@ -209,6 +209,22 @@ def test_run_demo_rejects_bad_arguments(tmp_path: Path) -> None:
         run_demo(tmp_path, backend="gpu")
     with pytest.raises(TypeError, match="on_rendered must be callable"):
         run_demo(tmp_path, on_rendered="no")  # type: ignore[arg-type]
+    # every thins the warm-up's reports: where there is none, it would be ignored
+    with pytest.raises(ValueError, match=r"every=5 .* no warm-up \(warmup=0\)"):
+        run_demo(tmp_path, every=5, warmup=0)
+    with pytest.raises(ValueError, match="every=5 .* no picture"):
+        run_demo(tmp_path, every=5, visualize=False)
+
+
+@pytest.mark.parametrize(("extra", "why"), [(["--warmup", "0"], "--warmup is 0"),
+                                            (["--no-viz"], "--no-viz draws nothing")])
+def test_every_where_it_would_do_nothing_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], why: str
+) -> None:
+    pytest.importorskip("blackjax")
+    assert main(["demo", "--output", str(tmp_path / "out"), "--every", "5", *extra]) == 2
+    assert f"argument --every: 5 thins the warm-up's reports, but {why}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- missing packages
@@ -309,11 +325,27 @@ def test_no_viz_baseline_runs_the_same_chain_without_images(tmp_path: Path) -> N
     assert base.image is None and base.worker_stats is None and base.best_step is None
     assert list((tmp_path / "base").iterdir()) == []
     assert watched.image is not None and watched.image.exists()
-    # the hook only observes: same gradients, same divergences, same best fit
+    # the hook only observes: same gradients, same divergences, and the tracker's
+    # best is the best sample of the baseline's own trace
     assert base.gradient_evaluations == watched.gradient_evaluations
     assert base.divergences == watched.divergences
     assert base.best_log_likelihood == pytest.approx(watched.best_log_likelihood, abs=1e-3)
+    np.testing.assert_allclose(watched.best_parameters, base.best_parameters, rtol=1e-5)
+    assert watched.best_step is not None and watched.best_step >= 30
     assert watched.worker_stats is not None and watched.worker_stats.rendered >= 1
+
+
+def test_without_warm_up_both_runs_sample_from_the_start(tmp_path: Path) -> None:
+    pytest.importorskip("blackjax")
+    base = run_demo(tmp_path / "base", steps=30, warmup=0, visualize=False)
+    watched = run_demo(tmp_path / "watched", steps=30, warmup=0, backend="sync")
+    assert base.gradient_evaluations == watched.gradient_evaluations > 0
+    np.testing.assert_allclose(watched.best_parameters, base.best_parameters, rtol=1e-5)
+    assert watched.worker_stats is not None and watched.worker_stats.rendered >= 1
+    # every picture is of a sample (the start is step 0 of the sampling here)
+    entries = read_index(tmp_path / "watched" / "fit_history")
+    assert entries[-1]["step"] == watched.best_step
+    assert entries[-1]["log_likelihood"] == pytest.approx(watched.best_log_likelihood)
 
 
 @pytest.mark.parametrize("x64", ["0", "1"])

@@ -63,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N", help=f"NUTS steps after warm-up (default: {DEFAULT_STEPS})")
     parser.add_argument(
         "--warmup", type=_int_at_least(0, "an integer >= 0"), default=DEFAULT_WARMUP,
-        metavar="N", help="warm-up (step size and mass matrix adaptation) steps, part of the "
-                          f"same jitted scan; 0 skips adaptation (default: {DEFAULT_WARMUP})")
+        metavar="N", help="warm-up steps (BlackJAX's window_adaptation: step size and mass "
+                          "matrix), jitted with the sampling; 0 skips adaptation "
+                          f"(default: {DEFAULT_WARMUP})")
     parser.add_argument(
         "--backend", choices=BACKENDS, default="process",
         help="where images are drawn: a separate render process, a background thread, or "
@@ -95,6 +96,11 @@ def command(args: argparse.Namespace) -> int:
     except MissingDependencyError as error:
         print(f"autofit-jaxviz demo: {error}", file=sys.stderr)
         return 1
+    if args.every > 1 and (args.warmup == 0 or not args.visualize):
+        print(f"autofit-jaxviz demo: error: argument --every: {args.every} thins the warm-up's "
+              f"reports, but {'--warmup is 0' if args.visualize else '--no-viz draws nothing'}",
+              file=sys.stderr)
+        return 2
     try:
         Path(args.output).mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     pass
 
 
-#: Progress ticks from inside the scan: about this many per run.
+#: Progress ticks from inside the jitted run (the adapter's ``progress``): about this many.
 PROGRESS_TICKS = 100
 
 class Progress:
@@ -44,7 +44,7 @@ class Progress:
         self._printed = ""
 
     def tick(self, step: Any) -> None:
-        """From the scan, every ~1% of the steps (a host callback: no JAX here)."""
+        """From the jitted run, every ~1% of the steps (a host callback: no JAX here)."""
         with self._lock:
             self.steps = max(self.steps, int(np.asarray(step)))
             decile = self.steps * 10 // max(self.total, 1)
@@ -58,8 +58,7 @@ class Progress:
         """From the renderer after each image."""
         with self._lock:
             self.rendered += 1
-            if self.best is None or frame.log_likelihood > self.best:
-                self.best = frame.log_likelihood
+            self.best = frame.log_likelihood
             self.steps = max(self.steps, frame.step)
             if self.tty:
                 self._refresh()
@@ -74,10 +73,11 @@ class Progress:
             self.stream.flush()
 
     def _line(self) -> str:
+        # the host's newest best, drawn or not yet: the warm-up's, then the samples'
+        # (lower at first), as in the picture
         latest = None if self.source is None else self.source.latest
-        if latest is not None and (self.best is None or latest.log_likelihood > self.best):
-            self.best = latest.log_likelihood  # the host's best, drawn or not yet
-        best = "none yet" if self.best is None else f"{self.best:,.2f}"
+        shown = self.best if latest is None else latest.log_likelihood
+        best = "none yet" if shown is None else f"{shown:,.2f}"
         superseded = self.worker.stats.superseded if self.worker is not None else 0
         percent = 100 * self.steps // max(self.total, 1)
         return (

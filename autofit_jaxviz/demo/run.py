@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -33,6 +34,7 @@ DEFAULT_STEPS = 3000
 DEFAULT_WARMUP = 500
 DEFAULT_OUTPUT = Path("demo_output")
 IMAGE_NAME = "fit.png"
+logger = logging.getLogger(__name__)
 
 
 class DemoView:
@@ -47,12 +49,19 @@ class DemoView:
         self.sink = HostSink(source, name=self.name)
 
     def close(self, timeout: float | None = 120.0, *, wait_for: Any = None) -> bool:
-        """Wait for the run and every callback it dispatched; the worker's shutdown
-        (the caller's) then draws the last best."""
-        done = block_until_ready(wait_for, timeout) if wait_for is not None else True
-        done = effects_barrier(timeout) and done
+        """Wait for the run and every callback it dispatched (one deadline); the
+        last best is then with the worker (every sampling improvement is
+        reported, none held back), whose shutdown, the caller's, draws it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        done = block_until_ready(wait_for, left()) if wait_for is not None else True
+        done = effects_barrier(left()) and done
         self.sink.flush()
         return done
+
 
 @dataclass(frozen=True)
 class DemoResult:
@@ -152,6 +161,9 @@ def run_demo(
     warmup = _check_int("warmup", warmup, 0)
     seed = _check_int("seed", seed, 0)
     every = _check_int("every", every, 1)
+    if every > 1 and (warmup == 0 or not visualize):
+        raise ValueError(f"every={every} thins the warm-up's reports to the picture, but this "
+                         f"run has {'no warm-up (warmup=0)' if visualize else 'no picture'}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if on_rendered is not None and not callable(on_rendered):
@@ -224,8 +236,9 @@ def run_demo(
             view.worker.started = time.monotonic()
         result = jax.block_until_ready(compiled(key, begin))
         sampling_seconds = time.perf_counter() - started
-        if view is not None:
-            view.close(wait_for=result)  # every callback of the run has reached the host
+        if view is not None and not view.close(wait_for=result):
+            logger.warning("demo: the run's last callbacks did not arrive within 120 s; "
+                           "the last picture may not be the best sample")
     finally:
         if worker is not None:
             worker.shutdown(timeout=120)  # draws the final best fit first

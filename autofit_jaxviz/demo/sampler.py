@@ -66,10 +66,12 @@ def build_sampler(
     around ``blackjax.nuts``: the best *likelihood* is drawn (the score is the
     state's log posterior minus the log prior), warm-up reports thinned by
     ``every``, and ``progress(steps_done)`` ticks about :data:`PROGRESS_TICKS`
-    times a run. Without it this is the baseline: the same chain, nothing
-    watching. Either way the best sample (the highest likelihood the sampling
-    returns) is found from the run's own trace.
+    times a run; the best returned is the tracker's, what the last picture
+    shows. Without it this is the baseline: the same chain, nothing watching,
+    its best sample found in the run's own trace.
     """
+    if view is None and (progress is not None or every != 1):
+        raise ValueError(f"every={every!r} and progress={progress!r} need a view to report to")
     import blackjax
     import jax
     import jax.numpy as jnp
@@ -98,17 +100,20 @@ def build_sampler(
     def log_posterior(p: Any) -> Any:
         return log_like(p) + log_prior(p)
 
-    nuts: Any = blackjax.nuts
-    if view is not None:
-        nuts = LiveAlgorithm(
-            blackjax.nuts, view, every=every,
-            score=lambda state: state.logdensity - log_prior(state.position),
-            progress=progress, progress_every=max(1, (warmup + steps) // PROGRESS_TICKS))
+    def likelihood(state: Any) -> Any:
+        # the live picture's score and the trace's: one formula, so they pick the same sample
+        return state.logdensity - log_prior(state.position)
 
     def record(state: Any, info: Any) -> tuple[Any, ...]:
         # what the run returns per sampling step: no full states kept
-        return (log_like(state.position), state.position, info.num_integration_steps,
-                info.is_divergent)
+        return likelihood(state), state.position, info.num_integration_steps, info.is_divergent
+
+    nuts: Any = blackjax.nuts
+    if view is not None:
+        nuts = LiveAlgorithm(
+            blackjax.nuts, view, every=every, score=likelihood, progress=progress,
+            progress_every=None if progress is None else max(1, (warmup + steps) // PROGRESS_TICKS))
+
 
     def run(key: Any, start: Any) -> dict[str, Any]:
         warmup_key, sampling_key = jax.random.split(key)
@@ -125,11 +130,17 @@ def build_sampler(
         state, (lls, positions, integration, divergences) = run_inference_algorithm(
             sampling_key, nuts(log_posterior, **parameters), steps, initial_state=state,
             transform=record)
-        best = jnp.argmax(lls)
+        if view is None:  # the baseline: the best sample of the trace
+            index = jnp.argmax(lls)
+            best = (lls[index], positions[index], warmup + index)
+        else:  # what the last picture shows: the best sample the tracker kept
+            tracker = state.tracker
+            best = (tracker.best_log_likelihood, tracker.best_parameters, tracker.best_step)
         return {
-            "best_log_likelihood": lls[best],
-            "best_parameters": positions[best],
-            "best_step": warmup + best,  # counted from the first warm-up step, as the tracker
+            "best_log_likelihood": best[0],
+            "best_parameters": best[1],
+            # 0-based kernel steps from the first warm-up step (the start is step 0 too)
+            "best_step": best[2],
             "gradient_evaluations": grads + jnp.sum(integration),
             "divergences": divergent + jnp.sum(divergences.astype(jnp.int32)),
             "state": state,

@@ -13,6 +13,7 @@ logged (rate-limited) and the sampler goes on.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -34,14 +35,17 @@ class ProgressCall:
         self.progress = progress
         self.calls = 0
         self.failed = 0
+        self._lock = threading.Lock()  # several devices' callback threads may count at once
         self._failures = FailureLog(logger, name, "progress callback")
 
     def __call__(self, steps: Any) -> None:
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         try:
             self.progress(int(np.asarray(steps)))
         except Exception as error:  # never into XLA: that would abort the sampler
-            self.failed += 1
+            with self._lock:
+                self.failed += 1
             self._failures.record(error)
 
 
@@ -49,13 +53,14 @@ def ticker(host: Callable[[Any], None], every: int) -> Callable[[Any], Any]:
     """Build ``tick(steps_done)``: ``host(steps_done)`` when it is a multiple of ``every``.
 
     Once per step under ``vmap`` (the first row's counter stands for all:
-    chains stepped together count alike) and once per mesh under ``shard_map``.
+    chains stepped together count alike) and once per mesh under ``shard_map``
+    (under ``pmap``, whose devices run apart, once per device).
     """
     jax, jnp, lax = load_jax()
 
     @jax.custom_batching.custom_vmap
     def tick(steps: Any) -> Any:
-        due = (steps > 0) & (steps % every == 0)
+        due = steps % every == 0
         manual, _ = reduce_axes(steps)
         if manual:
             due = due & (lax.axis_index(manual) == 0)
