@@ -36,7 +36,8 @@ class BestFitView(Protocol):
 
     ``sink`` takes the sampling phase's bests; ``worker.submit(best)`` gets the
     warm-up's until a sampling best has arrived; ``close`` waits for the run
-    and its callbacks after it and draws the final best.
+    and its callbacks (a ``LiveView``'s then draws the final best at full dpi;
+    the demo's leaves that to its worker's shutdown).
     """
 
     name: str
