@@ -112,6 +112,16 @@ def _across_devices(pred: Any, ll: Any, step: Any, flat: Any) -> tuple[Any, ...]
     return pred & (lax.axis_index(manual) == 0), ll, step, flat
 
 
+def pack_payload(ll: Any, step: Any, flat: Any) -> Any:
+    """One array for the host (traced): log likelihood, the step in two parts
+    (exact in float32), then the flat parameters."""
+    jnp = load_jax()[1]
+    dtype = jnp.result_type(flat.dtype, ll.dtype)
+    header = jnp.stack(
+        [ll.astype(dtype), (step // STEP_SPLIT).astype(dtype), (step % STEP_SPLIT).astype(dtype)])
+    return jnp.concatenate([header, flat.astype(dtype)])
+
+
 def emitter(
     host: Callable[[Any], None], prepare: Callable[[Any], Any] | None = None
 ) -> Callable[..., None]:
@@ -133,17 +143,7 @@ def emitter(
     jax, jnp, lax = load_jax()
 
     def _send(ll: Any, step: Any, flat: Any) -> None:
-        if prepare is not None:
-            flat = prepare(flat)
-        dtype = jnp.result_type(flat.dtype, ll.dtype)
-        header = jnp.stack(
-            [
-                ll.astype(dtype),
-                (step // STEP_SPLIT).astype(dtype),
-                (step % STEP_SPLIT).astype(dtype),
-            ]
-        )
-        jax.debug.callback(host, jnp.concatenate([header, flat.astype(dtype)]))
+        jax.debug.callback(host, pack_payload(ll, step, flat if prepare is None else prepare(flat)))
 
     @jax.custom_batching.custom_vmap
     def emit(pred: Any, ll: Any, step: Any, flat: Any, floor: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autofit_jaxviz.device.batching import emitter, host_callback
+from autofit_jaxviz.device.batching import emitter, host_callback, pack_payload
 from autofit_jaxviz.device.lazy_jax import load_jax
 from autofit_jaxviz.device.packing import HEADER, ParamSpec
 from autofit_jaxviz.device.tracker import (
@@ -94,6 +94,36 @@ class PhasedTracker:
                 pred, tracker.best_log_likelihood, tracker.reported_log_likelihood),
             last_report_step=jnp.where(pred, step, tracker.last_report_step),
         )
+
+    def track(self, tracker: TrackerState, parameters: Any, score: Any, *,
+              restart: Any = False) -> TrackerState:
+        """Fold one state in without reporting: no callback in the loop (the host
+        reads the best later, from :meth:`pack`)."""
+        jnp = load_jax()[1]
+        return self.warmup.track(_restart_where(jnp.asarray(restart), tracker), parameters, score)
+
+    def pack(self, tracker: TrackerState, sampling: Any,
+             transform: Callable[[Any], Any] | None = None) -> Any:
+        """On the device: the best (of all chains, for a batch of trackers) as one
+        flagged payload for :meth:`send`."""
+        jnp = load_jax()[1]
+        prepare = _transformed(tracker.spec, transform)[1]
+        ll, step, flat = tracker.best_log_likelihood, tracker.best_step, tracker.best_parameters
+        if ll.ndim:  # vmapped chains: the best chain's best
+            row = jnp.argmax(ll)
+            ll, step, flat = ll[row], step[row], flat[row]
+        payload = pack_payload(ll, step, flat if prepare is None else prepare(flat))
+        flag = jnp.reshape(jnp.asarray(sampling, payload.dtype), (-1,))[:1]
+        return jnp.concatenate([payload[:HEADER], flag, payload[HEADER:]])
+
+    @staticmethod
+    def layout(tracker: TrackerState, transform: Callable[[Any], Any] | None = None) -> ParamSpec:
+        """The layout :meth:`pack`'s parameters unpack with (``transform``'s output)."""
+        return _transformed(tracker.spec, transform)[0]
+
+    def send(self, packed: Any, spec: ParamSpec) -> None:
+        """On the host: hand a :meth:`pack` payload to its phase's sink."""
+        self._router(spec)(packed)
 
     def _router(self, spec: ParamSpec) -> Callable[[Any], None]:
         """The host end: strip the phase flag, hand the payload to its phase's sink."""
