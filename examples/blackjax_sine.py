@@ -1,12 +1,15 @@
 """BlackJAX's stock NUTS warm-up and loop fitting a noisy sine wave, drawn live.
 
-    python examples/blackjax_sine.py [--chains 4]
+    python examples/blackjax_sine.py [--chains 4] [--reports between_chunks]
 
 ``live_algorithm(blackjax.nuts, draw)`` is the only line about live pictures:
 ``blackjax.window_adaptation`` and ``blackjax.util.run_inference_algorithm``
 (or a ``jax.vmap`` of the sampler's step over chains) are used as they are.
 The ``transform`` runs on the device, only when a new best is reported: it
-hands ``draw`` the noise on its own scale and the model curve. The last line
+hands ``draw`` the noise on its own scale and the model curve. With
+``--reports between_chunks`` no host callback runs inside the jitted loops:
+the sampling goes through ``nuts.run_inference_algorithm`` (the arguments
+and samples of BlackJAX's, run in chunks), which draws between the chunks. The last line
 printed is a JSON summary, read by the tests and ``benchmarks/bench_samplers.py``.
 """
 
@@ -72,9 +75,11 @@ class SineFigure:
 
 def run(*, hook: str = "draw", chains: int = 1, warmup: int = 500, samples: int = 1000,
         points: int = 500, backend: str = "process", image: str = "fit.png",
-        seed: int = 0) -> dict:
+        seed: int = 0, reports: str = "in_loop") -> dict:
     """Warm-up then sampling; ``hook`` is ``off`` (plain blackjax.nuts), ``noop`` or ``draw``.
-    With ``chains`` > 1 the sampling is a ``jax.vmap`` of the step over chains."""
+    With ``chains`` > 1 the sampling is a ``jax.vmap`` of the step over chains.
+    ``reports="between_chunks"``: no callback in the loops; the sampling runs
+    through ``nuts.run_inference_algorithm``, which draws between its chunks."""
     from autofit_jaxviz.blackjax import live_algorithm
 
     x, y = simulate(points, seed)
@@ -87,14 +92,20 @@ def run(*, hook: str = "draw", chains: int = 1, warmup: int = 500, samples: int 
         draw = SineFigure(np.asarray(x), np.asarray(y)) if hook == "draw" else no_draw
         nuts = live_algorithm(blackjax.nuts, draw, image=image, backend=backend,  # the one line
                               transform=lambda p: {**p, "noise": jnp.exp(p["log_noise"]),
-                                                   "curve": curve(p, x)})
+                                                   "curve": curve(p, x)}, reports=reports)
     t0 = time.perf_counter()
     key_warmup, key_sample = jax.random.split(jax.random.PRNGKey(seed))
     warmup_run = blackjax.window_adaptation(nuts, logdensity)
     start = {name: jnp.asarray(value, float) for name, value in START.items()}
     (state, parameters), _ = warmup_run.run(key_warmup, start, num_steps=warmup)
     sampler = nuts(logdensity, **parameters)
-    if chains == 1:
+    if hook != "off" and reports == "between_chunks":  # one chain: the same samples
+        keys = key_sample if chains == 1 else jax.random.split(key_sample, chains)
+        states = state if chains == 1 else jax.vmap(lambda _: state)(jnp.arange(chains))
+        state, (history, _) = nuts.run_inference_algorithm(keys, sampler, samples,
+                                                           initial_state=states)
+        logdensities, positions = history.logdensity, history.position
+    elif chains == 1:
         state, (history, _) = run_inference_algorithm(key_sample, sampler, samples,
                                                       initial_state=state)
         logdensities, positions = history.logdensity, history.position
@@ -146,11 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=500)
     parser.add_argument("--backend", choices=("process", "thread"), default="process")
     parser.add_argument("--image", default="fit.png")
+    parser.add_argument("--reports", choices=("in_loop", "between_chunks"), default="in_loop",
+                        help="between_chunks: no host callback inside the jitted loops")
     args = parser.parse_args(argv)
     if args.chains < 1:
         parser.error(f"--chains must be a positive integer, got {args.chains}")
+    if args.reports != "in_loop" and args.hook == "off":
+        parser.error(f"--reports {args.reports} needs the hook on (--hook noop or draw)")
     summary = run(hook=args.hook, chains=args.chains, warmup=args.warmup, samples=args.samples,
-                  points=args.points, backend=args.backend, image=args.image)
+                  points=args.points, backend=args.backend, image=args.image,
+                  reports=args.reports)
     if args.hook != "off":
         print(f"{summary['images']} pictures of the best fit in {Path(args.image).resolve()}")
     print(json.dumps(summary))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -14,6 +15,7 @@ import jax.numpy as jnp  # noqa: E402
 from example_loader import load_example, run_example_script  # noqa: E402
 
 from autofit_jaxviz.blackjax import live_algorithm  # noqa: E402
+from autofit_jaxviz.live import FinalFit  # noqa: E402
 
 
 @pytest.mark.parametrize("chains", [1, 3])
@@ -129,22 +131,154 @@ def test_a_score_that_is_not_a_float_scalar_is_named(tmp_path, score, got):
     nuts.close()
 
 
-def test_a_progress_callback_that_raises_does_not_stop_the_run(tmp_path, caplog):
+@pytest.mark.parametrize(("reports", "runner"), [
+    ("in_loop", "blackjax"), ("in_loop", "chunks"), ("between_chunks", "chunks")])
+def test_a_progress_callback_that_raises_does_not_stop_the_run(tmp_path, caplog, reports, runner):
     example, logdensity = _sine()
 
     def progress(steps):
         raise RuntimeError(f"broken progress at {steps}")
 
+    in_loop = reports == "in_loop"
     nuts = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "f.png",
-                          backend="thread", progress=progress, progress_every=7)
-    state, (history, _) = blackjax.util.run_inference_algorithm(
-        jax.random.PRNGKey(1), nuts(logdensity, step_size=0.05,
-                                    inverse_mass_matrix=jnp.ones(5)), 30,
-        initial_position=example.START)
+                          backend="thread", progress=progress, reports=reports,
+                          progress_every=7 if in_loop else None)
+    sampler = nuts(logdensity, step_size=0.05, inverse_mass_matrix=jnp.ones(5))
+    if runner == "blackjax":
+        run = blackjax.util.run_inference_algorithm
+    else:
+        run = functools.partial(nuts.run_inference_algorithm, chunk_steps=7)
+    state, (history, _) = run(jax.random.PRNGKey(1), sampler, 30, initial_position=example.START)
     nuts.close(state)
     assert history.logdensity.shape == (30,)
-    assert nuts.progress.calls == nuts.progress.failed == 4  # steps 7, 14, 21, 28
+    # in the loop every 7 steps (7, 14, 21, 28; not again between chunks), or after
+    # each chunk of 7 (7, 14, 21, 28, 30)
+    assert nuts.progress.calls == nuts.progress.failed == (4 if in_loop else 5)
     assert "broken progress at 7" in caplog.text
+
+
+def _jaxpr_has_callback(fn, *args):
+    return "callback" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize("chains", [1, 3])
+def test_between_chunks_gives_blackjax_samples_and_no_callback_in_the_loop(tmp_path, chains):
+    example, logdensity = _sine()
+    ticks = []
+    nuts = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "f.png",
+                          backend="thread", reports="between_chunks", progress=ticks.append)
+    warmup = blackjax.window_adaptation(nuts, logdensity)
+    (state, parameters), _ = warmup.run(jax.random.PRNGKey(0), example.START, num_steps=50)
+    assert nuts.callbacks == 0  # the warm-up's loop reported nothing
+    sampler = nuts(logdensity, **parameters)
+    assert not _jaxpr_has_callback(sampler.step, jax.random.PRNGKey(2), state)
+    kernel = nuts.build_kernel()  # what the warm-up steps
+    assert not _jaxpr_has_callback(
+        lambda k, s: kernel(k, s, logdensity, parameters["step_size"],
+                            parameters["inverse_mass_matrix"]), jax.random.PRNGKey(2), state)
+    plain = blackjax.nuts(logdensity, **parameters)
+    key = jax.random.PRNGKey(1)
+    if chains == 1:
+        final, (history, _) = nuts.run_inference_algorithm(key, sampler, 300,
+                                                           initial_state=state, chunk_steps=70)
+        _, (stock, _) = blackjax.util.run_inference_algorithm(key, plain, 300,
+                                                               initial_state=state.inner)
+    else:
+        keys = jax.random.split(key, chains)
+        states = jax.vmap(lambda _: state)(jnp.arange(chains))
+        final, (history, _) = nuts.run_inference_algorithm(keys, sampler, 300,
+                                                           initial_state=states, chunk_steps=70)
+        _, (stock, _) = jax.vmap(lambda k, s: blackjax.util.run_inference_algorithm(
+            k, plain, 300, initial_state=s))(keys, states.inner)
+    # BlackJAX's own keys per step: the same chain(s), chains first as under jax.vmap
+    np.testing.assert_array_equal(np.asarray(history.logdensity), np.asarray(stock.logdensity))
+    assert history.logdensity.shape == ((300,) if chains == 1 else (chains, 300))
+    # five chunks of at most 70 steps: one progress call and one read each, plus the warm-up's
+    assert ticks == [120, 190, 260, 330, 350]
+    assert nuts.callbacks == 1 + 5
+    nuts.close(final)
+    best = float(np.max(np.asarray(history.logdensity)))
+    assert nuts.view.drawn.log_likelihood == pytest.approx(best, rel=1e-6)
+
+
+def test_between_chunks_with_the_stock_loop_draws_the_final_state_at_close(tmp_path):
+    example, logdensity = _sine()
+    nuts = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "f.png",
+                          backend="thread", reports="between_chunks")
+    (state, parameters), _ = blackjax.window_adaptation(nuts, logdensity).run(
+        jax.random.PRNGKey(0), example.START, num_steps=50)
+    final, (history, _) = blackjax.util.run_inference_algorithm(
+        jax.random.PRNGKey(1), nuts(logdensity, **parameters), 100, initial_state=state)
+    assert nuts.callbacks == 0
+    assert nuts.close(final)
+    # the final state's best, read once by the host, and drawn as the final picture
+    assert nuts.callbacks == 1 and isinstance(nuts.view.drawn, FinalFit)
+    assert nuts.view.drawn.log_likelihood == pytest.approx(
+        float(np.max(np.asarray(history.logdensity))), rel=1e-6)
+
+
+def test_between_chunks_adapts_the_chunks_and_starts_from_a_position(tmp_path):
+    example, logdensity = _sine()
+    ticks = []
+    nuts = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "f.png",
+                          backend="thread", reports="between_chunks", progress=ticks.append)
+    sampler = nuts(logdensity, step_size=0.05, inverse_mass_matrix=jnp.ones(5))
+    key = jax.random.key(3)  # a typed key, as BlackJAX takes too
+    final, (history, _) = nuts.run_inference_algorithm(key, sampler, 400,
+                                                       initial_position=example.START)
+    _, (stock, _) = blackjax.util.run_inference_algorithm(
+        key, blackjax.nuts(logdensity, step_size=0.05, inverse_mass_matrix=jnp.ones(5)), 400,
+        initial_position=example.START)
+    np.testing.assert_array_equal(np.asarray(history.logdensity), np.asarray(stock.logdensity))
+    # two chunks of one step before the step rate is known, then growing (the sizing itself
+    # is tested with a scripted clock in test_chunked.py), to the end
+    assert ticks[:2] == [1, 2] and ticks[-1] == 400
+    assert ticks == sorted(set(ticks)) and len(ticks) < 50
+    nuts.close(final)
+    assert nuts.view.drawn.log_likelihood == pytest.approx(
+        float(np.max(np.asarray(history.logdensity))), rel=1e-6)
+
+
+def test_between_chunks_bad_arguments_are_named(tmp_path):
+    draw = lambda best: None  # noqa: E731
+    with pytest.raises(ValueError, match="reports must be one of 'in_loop', 'between_chunks', "
+                                         "got 'chunks'"):
+        live_algorithm(blackjax.nuts, draw, reports="chunks")
+    with pytest.raises(ValueError, match="every=5 thins reports made inside the loop"):
+        live_algorithm(blackjax.nuts, draw, reports="between_chunks", every=5)
+    with pytest.raises(ValueError, match="progress_every=10 thins reports"):
+        live_algorithm(blackjax.nuts, draw, reports="between_chunks", progress=print,
+                       progress_every=10)
+    example, logdensity = _sine()
+    nuts = live_algorithm(blackjax.nuts, draw, image=tmp_path / "f.png", backend="thread",
+                          reports="between_chunks")
+    sampler = nuts(logdensity, step_size=0.01, inverse_mass_matrix=jnp.ones(5))
+    state = sampler.init(example.START)
+    key = jax.random.PRNGKey(0)
+    run = nuts.run_inference_algorithm
+    with pytest.raises(ValueError, match="chunk_steps must be an integer >= 1, got 0"):
+        run(key, sampler, 10, initial_state=state, chunk_steps=0)
+    with pytest.raises(ValueError, match="chunk_seconds must be a positive number .*got -1"):
+        run(key, sampler, 10, initial_state=state, chunk_seconds=-1)
+    with pytest.raises(ValueError, match=r"give chunk_steps \(5\) or chunk_seconds \(1\)"):
+        run(key, sampler, 10, initial_state=state, chunk_steps=5, chunk_seconds=1)
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 0, got -1"):
+        run(key, sampler, -1, initial_state=state)
+    with pytest.raises(TypeError, match="needs this live algorithm's sampler .*got Sampling"):
+        run(key, blackjax.nuts(logdensity, step_size=0.01, inverse_mass_matrix=jnp.ones(5)),
+            10, initial_state=state)
+    with pytest.raises(ValueError, match="initial_state or initial_position .*got both"):
+        run(key, sampler, 10, initial_state=state, initial_position=example.START)
+    with pytest.raises(ValueError, match="initial_state or initial_position .*got neither"):
+        run(key, sampler, 10)
+    with pytest.raises(ValueError, match="one key per chain: got 3 keys for one state"):
+        run(jax.random.split(key, 3), sampler, 10, initial_state=state)
+    batch = jax.vmap(lambda _: state)(jnp.arange(2))
+    with pytest.raises(ValueError, match="one key per chain: got one key for 2 states"):
+        run(key, sampler, 10, initial_state=batch)
+    with pytest.raises(ValueError, match="one key per chain: got 3 keys for 2 states"):
+        run(jax.random.split(key, 3), sampler, 10, initial_state=batch)
+    nuts.close()
 
 
 @pytest.mark.slow
