@@ -8,12 +8,15 @@ starts in one jitted scan, sized so that its loss goes down for most of the
 run: at the example's defaults the best start converges in a few hundred updates)
 runs as a user runs it, a fresh interpreter per run, in three variants
 interleaved: the hook off (the plain library), on with a no-op draw, on with
-its real matplotlib draw in the render process (the default backend).
+its real matplotlib draw in the render process (the default backend); BlackJAX
+NUTS also with ``reports="between_chunks"`` (no host callback in its loops,
+the sampling drawn between chunks of ``nuts.run_inference_algorithm``).
 Reported: the run's wall time (``MCMC.run`` / warm-up and sampling / the
 jitted optimisation, compilation included, as a user waits for it), pictures
 drawn while it ran, the mean time per picture, host callbacks.
 
     python benchmarks/run.py --only samplers [--quick] [--repeats N]
+    python benchmarks/bench_samplers.py --case "BlackJAX NUTS" --repeats 5
 """
 
 from __future__ import annotations
@@ -48,39 +51,50 @@ QUICK = {"numpyro_sine.py": ["--warmup", "100", "--samples", "100"],
          "blackjax_sine.py": ["--warmup", "100", "--samples", "100"],
          "blackjax_smc_sine.py": ["--particles", "100", "--mcmc-steps", "2"],
          "optax_multistart.py": ["--steps", "1000"]}
-HOOKS = ["off", "noop", "draw"]
+#: variant -> (the example's --hook, its other arguments)
+VARIANTS = {"off": ("off", []), "noop": ("noop", []), "draw": ("draw", []),
+            "chunks": ("draw", ["--reports", "between_chunks"])}
+#: the variants each example runs (BlackJAX NUTS also without a callback in its loops)
+HOOKS = {script: ["off", "noop", "draw"] for script, _ in CASES.values()}
+HOOKS["blackjax_sine.py"] = ["off", "noop", "draw", "chunks"]
 LABELS = {"off": "hook off", "noop": "hook on, no-op draw",
-          "draw": "hook on, real draw (render process)"}
+          "draw": "hook on, real draw (render process)",
+          "chunks": "hook on, real draw, reports between chunks (no callback in the loops)"}
 
 
-def run_example(script: str, args: list[str], hook: str, workdir: str) -> dict[str, Any]:
+def run_example(script: str, args: list[str], variant: str, workdir: str) -> dict[str, Any]:
+    hook, extra = VARIANTS[variant]
     env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args,
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args, *extra,
                            "--hook", hook], cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=1200)
     if proc.returncode != 0:
-        raise RuntimeError(f"{script} --hook {hook} exited with {proc.returncode}:\n"
-                           f"{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{script} {' '.join(extra)} --hook {hook} exited with "
+                           f"{proc.returncode}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(repeats: int = 3, quick: bool = False) -> str:
+def run(repeats: int = 3, quick: bool = False, case: str | None = None) -> str:
+    """``case``: only the runs whose name contains it (e.g. ``"BlackJAX NUTS"``)."""
     import tempfile
 
     repeats = 1 if quick else repeats
+    chosen = {name: value for name, value in CASES.items() if case is None or case in name}
+    if not chosen:
+        raise ValueError(f"no run named like {case!r}; the runs are: {', '.join(CASES)}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="afjv-samplers-") as workdir:
         cases = {}
-        for name, (script, args) in CASES.items():
+        for name, (script, args) in chosen.items():
             args = QUICK[script] if quick else args
-            for hook in HOOKS:
+            for hook in HOOKS[script]:
                 cases[(name, hook)] = (lambda s=script, a=args, h=hook:
                                        run_example(s, a, h, workdir))
         results = interleave(cases, repeats)
-    for name in CASES:
+    for name, (script, _) in chosen.items():
         base = [r["seconds"] for r in results[(name, "off")]]
-        for hook in HOOKS:
+        for hook in HOOKS[script]:
             runs = results[(name, hook)]
             walls = [r["seconds"] for r in runs]
             during = sorted(r.get("images_during_run", 0) for r in runs)[len(runs) // 2]
@@ -97,7 +111,9 @@ def run(repeats: int = 3, quick: bool = False) -> str:
                          f"{1000 * min_median(draws)[1]:.0f}" if draws else "-",
                          str(calls) if hook != "off" else "-",
                          f"{sum(final)} of {len(final)}" if final else "-"])
-    command = "python benchmarks/run.py --only samplers" + (" --quick" if quick else "")
+    command = ("python benchmarks/run.py --only samplers" if case is None else
+               f"python benchmarks/bench_samplers.py --case {case!r} --repeats {repeats}")
+    command += " --quick" if quick else ""
     return (header("NumPyro, BlackJAX and optax runs with a live picture", command)
             + f"\nThe examples in `examples/`, each run in a fresh interpreter, "
             f"{repeats} repeat(s), variants interleaved; wall time of the run itself "
@@ -108,4 +124,11 @@ def run(repeats: int = 3, quick: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    print(run(quick="--quick" in sys.argv))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--case", help="only the runs whose name contains this")
+    options = parser.parse_args()
+    print(run(repeats=options.repeats, quick=options.quick, case=options.case))
