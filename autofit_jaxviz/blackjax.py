@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from autofit_jaxviz.device.batching import is_tracer
 from autofit_jaxviz.device.chunked import chunk_plan, run_in_chunks
 from autofit_jaxviz.device.lazy_jax import load_jax
 from autofit_jaxviz.device.phases import PhasedTracker
@@ -203,6 +204,12 @@ class LiveAlgorithm:
         """
         jax, jnp, _ = load_jax()
         who = "LiveAlgorithm.run_inference_algorithm"
+        if any(is_tracer(leaf) for leaf in jax.tree.leaves((rng_key, initial_state,
+                                                            initial_position))):
+            raise TypeError(
+                f"{who} reads the best between chunks, from the host: call it outside "
+                "jax.jit / jax.vmap (it compiles its chunks itself; for chains give a batch "
+                "of states and one key per chain)")
         chunk_steps, chunk_seconds = chunk_plan(chunk_steps, chunk_seconds)
         if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) \
                 or num_steps < 0:
@@ -452,7 +459,8 @@ def live_algorithm(algorithm: Any, draw: Callable[[BestFit], Any], *,
     busy, see BENCHMARKS.md): the steps only track the best, and
     :meth:`LiveAlgorithm.run_inference_algorithm` draws it between its chunks
     (the warm-up's best when sampling starts; ``close(state)`` the final one).
-    ``progress`` is then called after each chunk, not during the warm-up;
+    ``progress`` is then called after each chunk of that method (not during
+    the warm-up, nor in BlackJAX's own ``run_inference_algorithm``);
     ``every`` and ``progress_every`` are refused.
     ``view_options`` go to :class:`~autofit_jaxviz.live.LiveView`.
     """

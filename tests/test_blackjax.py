@@ -239,6 +239,24 @@ def test_between_chunks_adapts_the_chunks_and_starts_from_a_position(tmp_path):
         float(np.max(np.asarray(history.logdensity))), rel=1e-6)
 
 
+def test_between_chunks_starts_chains_from_positions_as_vmapped_blackjax_does(tmp_path):
+    example, logdensity = _sine()
+    nuts = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "f.png",
+                          backend="thread", reports="between_chunks")
+    options = {"step_size": 0.05, "inverse_mass_matrix": jnp.ones(5)}
+    keys = jax.random.split(jax.random.PRNGKey(4), 2)
+    positions = {name: jnp.asarray([value, value + 0.1]) for name, value in example.START.items()}
+    final, (history, _) = nuts.run_inference_algorithm(
+        keys, nuts(logdensity, **options), 20, initial_position=positions)
+    _, (stock, _) = jax.vmap(lambda k, p: blackjax.util.run_inference_algorithm(
+        k, blackjax.nuts(logdensity, **options), 20, initial_position=p))(keys, positions)
+    np.testing.assert_array_equal(np.asarray(history.logdensity), np.asarray(stock.logdensity))
+    assert history.logdensity.shape == (2, 20)
+    nuts.close((final, history))  # any pytree holding the final state
+    assert nuts.view.drawn.log_likelihood == pytest.approx(
+        float(np.max(np.asarray(history.logdensity))), rel=1e-6)
+
+
 def test_between_chunks_bad_arguments_are_named(tmp_path):
     draw = lambda best: None  # noqa: E731
     with pytest.raises(ValueError, match="reports must be one of 'in_loop', 'between_chunks', "
@@ -271,6 +289,8 @@ def test_between_chunks_bad_arguments_are_named(tmp_path):
         run(key, sampler, 10, initial_state=state, initial_position=example.START)
     with pytest.raises(ValueError, match="initial_state or initial_position .*got neither"):
         run(key, sampler, 10)
+    with pytest.raises(TypeError, match="call it outside jax.jit / jax.vmap"):
+        jax.jit(lambda k, s: run(k, sampler, 10, initial_state=s))(key, state)
     with pytest.raises(ValueError, match="one key per chain: got 3 keys for one state"):
         run(jax.random.split(key, 3), sampler, 10, initial_state=state)
     batch = jax.vmap(lambda _: state)(jnp.arange(2))

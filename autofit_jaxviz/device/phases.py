@@ -109,9 +109,10 @@ class PhasedTracker:
         jnp = load_jax()[1]
         prepare = _transformed(tracker.spec, transform)[1]
         ll, step, flat = tracker.best_log_likelihood, tracker.best_step, tracker.best_parameters
-        if ll.ndim:  # vmapped chains: the best chain's best
+        if ll.ndim:  # vmapped chains (or a history of states): the best of all
+            ll, step = ll.reshape(-1), step.reshape(-1)
             row = jnp.argmax(ll)
-            ll, step, flat = ll[row], step[row], flat[row]
+            ll, step, flat = ll[row], step[row], flat.reshape(-1, flat.shape[-1])[row]
         payload = pack_payload(ll, step, flat if prepare is None else prepare(flat))
         flag = jnp.reshape(jnp.asarray(sampling, payload.dtype), (-1,))[:1]
         return jnp.concatenate([payload[:HEADER], flag, payload[HEADER:]])
