@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
+sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(ROOT / "benchmarks")]
 
 import blackjax  # noqa: E402
 import blackjax_sine  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _common import alternate_cpu, busy_thread_lines  # noqa: E402
 
 from autofit_jaxviz.device.tracker import BestFitTracker  # noqa: E402
 
@@ -73,20 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args(argv)
     programs = {v: build(v, args.steps) for v in VARIANTS}
-    runs: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
-    for repeat in range(args.repeats):
-        for variant, program in programs.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(program(jax.random.key(repeat)))
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            runs[variant].append((wall, cpu / wall))
+    runs = alternate_cpu({v: lambda repeat, p=p: p(jax.random.key(repeat))
+                          for v, p in programs.items()}, args.repeats, jax.block_until_ready)
     print(f"jax {jax.__version__}, {args.steps} NUTS steps, {args.repeats} runs each, alternated")
-    for variant, results in runs.items():
-        walls = sorted(w for w, _ in results)
-        two = sum(ratio > 1.5 for _, ratio in results)
-        print(f"{variant:14s} wall min {walls[0]:.3f} s, median {walls[len(walls) // 2]:.3f} s; "
-              f"second thread busy in {two} of {len(results)} runs "
-              f"(CPU/wall {', '.join(f'{r:.2f}' for _, r in results)})")
+    print("\n".join(busy_thread_lines(runs)))
     return 0
 
 

@@ -21,16 +21,16 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
+sys.path[:0] = [str(ROOT), str(ROOT / "examples"), str(ROOT / "benchmarks")]
 
 import blackjax  # noqa: E402
 import blackjax_sine  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _common import alternate_cpu, busy_thread_lines  # noqa: E402
 from blackjax.util import run_inference_algorithm  # noqa: E402
 
 from autofit_jaxviz.blackjax import live_algorithm  # noqa: E402
@@ -65,23 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         "chunks_fixed": lambda key: chunked.run_inference_algorithm(
             key, sampler, steps, initial_state=state, chunk_steps=-(-steps // 20)),
     }
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for repeat in range(args.repeats):
-        for name, run in variants.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(run(jax.random.PRNGKey(repeat + 1)))
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            runs[name].append((wall, cpu / wall))
+    runs = alternate_cpu({name: lambda repeat, run=run: run(jax.random.PRNGKey(repeat + 1))
+                          for name, run in variants.items()}, args.repeats, jax.block_until_ready)
     for nuts, _, _ in live.values():
         nuts.close()
     print(f"jax {jax.__version__}, blackjax {blackjax.__version__}, {steps} NUTS steps after "
           f"1,000 of warm-up, {args.repeats} runs each, alternated")
-    for name, results in runs.items():
-        walls = sorted(w for w, _ in results)
-        busy = sum(ratio > 1.5 for _, ratio in results)
-        print(f"{name:13s} wall min {walls[0]:.2f} s, median {walls[len(walls) // 2]:.2f} s; "
-              f"CPU/wall > 1.5 in {busy} of {len(results)} runs "
-              f"({', '.join(f'{w:.1f} s @ {r:.2f}' for w, r in results)})")
+    print("\n".join(busy_thread_lines(runs)))
     return 0
 
 
