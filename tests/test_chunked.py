@@ -39,6 +39,19 @@ def test_chunks_give_the_scan_result_and_one_summary_per_chunk(chunk_steps):
         np.testing.assert_allclose(summary[1], expected + 1)
 
 
+def test_steps_can_run_along_a_second_axis_of_the_history():
+    keys = jnp.arange(12.0).reshape(6, 2)  # 6 steps of 2 chains
+
+    def chains_step(state, key):
+        return state + key, state * 3
+
+    state, history = run_in_chunks(chains_step, jnp.zeros(2), keys, lambda s: (s,),
+                                   lambda v, n: None, chunk_steps=4, history_axis=1)
+    want_state, want_history = jax.lax.scan(chains_step, jnp.zeros(2), keys)
+    np.testing.assert_allclose(state, want_state)
+    np.testing.assert_allclose(history, np.swapaxes(want_history, 0, 1))  # chains first
+
+
 def test_no_steps_returns_the_state_and_an_empty_history():
     seen = []
     state, history = run_in_chunks(_step, jnp.float32(1.0), jnp.zeros((0,)), lambda s: (s,),
@@ -65,19 +78,21 @@ def _reads(pace, reads):
 
 
 def test_chunks_grow_at_most_fourfold_to_the_wanted_seconds_and_shrink_when_slower():
-    # every read waits; 100 steps/s, then 50 steps/s: 0.5 s chunks are 50, then 25 steps
-    clock = _Clock([0.0, 0.0,  0.0, 0.01,  0.01, 0.02,  0.02, 0.06,  0.06, 0.22,
-                    0.22, 0.72,  0.72, 1.72])
+    # 100 steps/s, then 50: 0.5 s chunks are 50, then 25 steps. The starting state's read
+    # does not wait (nothing to run), so the read after it sizes nothing
+    clock = _Clock([0.0, 0.0,  0.0, 0.01,  0.01, 0.02,  0.02, 0.03,  0.03, 0.07,  0.07, 0.23,
+                    0.23, 0.73,  0.73, 1.73])
     pace = chunked._Pace(None, 0.5, clock)
     assert pace.next_length() == 1
-    assert _reads(pace, [0, 1, 1, 4, 16, 50, 50]) == [1, 4, 16, 50, 50, 50, 25]
+    assert _reads(pace, [0, 1, 1, 1, 4, 16, 50, 50]) == [1, 1, 4, 16, 50, 50, 50, 25]
 
 
 def test_a_read_that_did_not_wait_makes_the_next_chunk_longer():
-    # the host was busy for a second (in on_chunk, say): the chunk was done before it asked
-    clock = _Clock([0.0, 0.0,  0.0, 0.01,  1.01, 1.01,  2.01, 2.01])
+    # the host was busy for a second (in on_chunk, say): the chunk was done before it asked;
+    # the waiting read after it began its interval late, so it sizes nothing
+    clock = _Clock([0.0, 0.0,  0.0, 0.01,  1.01, 1.01,  2.01, 2.01,  2.01, 2.05,  2.05, 2.21])
     pace = chunked._Pace(None, 0.5, clock)
-    assert _reads(pace, [0, 1, 1, 4]) == [1, 4, 16, 64]
+    assert _reads(pace, [0, 1, 1, 4, 16, 16]) == [1, 1, 4, 16, 16, 50]
 
 
 def test_fixed_chunks_ignore_the_clock():

@@ -1,15 +1,17 @@
 """A jitted loop run in chunks, its best read by the host between them: no callback in the loop.
 
-On XLA's CPU runtime a host callback anywhere in a loop body can keep a second
-Eigen thread busy for the whole loop, even one that never fires (measured:
-``benchmarks/probe_callback_threads.py``). :func:`run_in_chunks` keeps the
+On XLA's CPU runtime a loop with a host callback in its body, even one that
+never fires, often runs with a second Eigen thread busy for the whole loop
+(``benchmarks/probe_callback_threads.py``; it happens to plain loops too, less
+often). :func:`run_in_chunks` keeps the
 loop free of callbacks: one compiled ``while_loop`` runs steps ``start`` to
 ``stop`` and writes each step's output into a history preallocated for the
 whole run, so every chunk, whatever its length, is the same program. After a
 chunk the host reads one small summary (the packed best) and hands it on;
-it reads one chunk late, so the next chunk is already queued and the device
-never waits for the host. Chunk lengths adapt to take about ``chunk_seconds``
-each (starting from one step, growing at most fourfold per chunk); the steps'
+it reads one chunk late, so the next chunk is already queued while it reads
+(and a host slower than a chunk makes the next chunks longer). Chunk lengths
+adapt to take about ``chunk_seconds`` each (starting from one step, growing at
+most fourfold per chunk); the steps'
 keys are fixed before the first chunk, so the samples do not depend on where
 the chunks fall.
 """
@@ -65,13 +67,15 @@ def run_in_chunks(
     chunk_steps: int | None = None,
     chunk_seconds: float = CHUNK_SECONDS,
     clock: Callable[[], float] = time.monotonic,
+    history_axis: int = 0,
 ) -> tuple[Any, Any]:
     """``lax.scan(one_step, state, keys)`` in chunks, ``on_chunk(summary, steps)`` after each.
 
     ``summarise(state)`` (a tuple of arrays) runs on the device at the end of
     each chunk; ``on_chunk`` gets it as NumPy arrays, on this thread, with the
     chunk's length: first for the starting state (0 steps), then after every
-    chunk. Returns the final state and the stacked outputs, as the scan would.
+    chunk. Returns the final state and the stacked outputs, as the scan would,
+    the steps along ``history_axis`` (1: after a leading axis of chains).
     """
     jax, jnp, lax = load_jax()
     num_steps = int(jax.tree.leaves(keys)[0].shape[0])
@@ -80,8 +84,8 @@ def run_in_chunks(
     key = jax.tree.map(lambda k: jax.ShapeDtypeStruct(k.shape[1:], k.dtype), keys)
     outputs = step.eval_shape(state, key)[1]
     # one small program for the whole history (eager zeros would compile one per leaf shape)
-    history = jax.jit(lambda: jax.tree.map(
-        lambda o: jnp.zeros((num_steps, *o.shape), o.dtype), outputs))()
+    history = jax.jit(lambda: jax.tree.map(lambda o: jnp.zeros(
+        (*o.shape[:history_axis], num_steps, *o.shape[history_axis:]), o.dtype), outputs))()
 
     pace = _Pace(chunk_steps, chunk_seconds, clock)
     if num_steps == 0:  # no loop to compile (it could not index the keys): the start only
@@ -94,7 +98,7 @@ def run_in_chunks(
             i, state, history = carry
             state, out = step(state, jax.tree.map(lambda k: k[i], keys))
             history = jax.tree.map(
-                lambda h, o: lax.dynamic_update_index_in_dim(h, o, i, 0), history, out)
+                lambda h, o: lax.dynamic_update_index_in_dim(h, o, i, history_axis), history, out)
             return i + 1, state, history
 
         _, state, history = lax.while_loop(lambda c: c[0] < stop, body, (start, state, history))
@@ -117,11 +121,13 @@ def run_in_chunks(
 class _Pace:
     """How long the next chunk is, from the host's reads.
 
-    A read that waited ended when its chunk did, so the time since the last
-    read is that chunk's run time: the next chunk is sized to ``chunk_seconds``
-    at that rate. A read that did not wait means the device finished before the
-    host asked (the host was busy, in ``on_chunk`` say): the next chunk is made
-    longer, so the device does not sit idle behind a slow host.
+    When a read waited, and so did the one before it, each ended with its
+    chunk, so the time between them is the chunk's run time: the next chunk is
+    sized to ``chunk_seconds`` at that rate. A read that did not wait means the
+    device finished before the host asked (the host was busy, in ``on_chunk``
+    say): the next chunk is made longer, so that the device idles less behind
+    a slow host. The read after one that did not wait sizes nothing (its
+    interval began after its chunk did).
     """
 
     def __init__(self, chunk_steps: int | None, chunk_seconds: float,
@@ -131,6 +137,7 @@ class _Pace:
         self.clock = clock
         self.length = FIRST_CHUNK
         self.read_at: float | None = None
+        self.waited = False
 
     def next_length(self) -> int:
         return self.length if self.chunk_steps is None else self.chunk_steps
@@ -140,11 +147,11 @@ class _Pace:
         asked = self.clock()
         values = tuple(np.asarray(leaf) for leaf in summary)  # waits for that chunk
         now = self.clock()
-        if self.read_at is not None and steps:
-            if now - asked >= NO_WAIT and now > self.read_at:
-                wanted = int(steps / (now - self.read_at) * self.chunk_seconds)
-                self.length = max(1, min(wanted, GROWTH * self.length))
-            else:
-                self.length *= GROWTH
-        self.read_at = now
+        waited = now - asked >= NO_WAIT
+        if steps and not waited:
+            self.length *= GROWTH
+        elif steps and self.waited and self.read_at is not None and now > self.read_at:
+            wanted = round(steps / (now - self.read_at) * self.chunk_seconds)
+            self.length = max(1, min(wanted, GROWTH * self.length))
+        self.read_at, self.waited = now, waited
         on_chunk(values, steps)
