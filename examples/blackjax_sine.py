@@ -82,6 +82,8 @@ def run(*, hook: str = "draw", chains: int = 1, warmup: int = 500, samples: int 
     through ``nuts.run_inference_algorithm``, which draws between its chunks."""
     from autofit_jaxviz.blackjax import live_algorithm
 
+    if reports != "in_loop" and hook == "off":
+        raise ValueError(f"reports={reports!r} needs the hook on (hook='noop' or 'draw')")
     x, y = simulate(points, seed)
     # JAX's default float (float64 with jax_enable_x64, as autofit sets it): the
     # state keeps one dtype, which NUTS's internal conds require

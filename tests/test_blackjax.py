@@ -190,7 +190,8 @@ def test_between_chunks_gives_blackjax_samples_and_no_callback_in_the_loop(tmp_p
                                                            initial_state=states, chunk_steps=70)
         _, (stock, _) = jax.vmap(lambda k, s: blackjax.util.run_inference_algorithm(
             k, plain, 300, initial_state=s))(keys, states.inner)
-    # BlackJAX's own keys per step: the same chain(s), chains first as under jax.vmap
+    # BlackJAX's own keys per step: the same chain(s), chains first as under jax.vmap (equal
+    # to the bit with this JAX/XLA; another XLA may round the two programs differently)
     np.testing.assert_array_equal(np.asarray(history.logdensity), np.asarray(stock.logdensity))
     assert history.logdensity.shape == ((300,) if chains == 1 else (chains, 300))
     # five chunks of at most 70 steps: one progress call and one read each, plus the warm-up's
@@ -253,8 +254,21 @@ def test_between_chunks_starts_chains_from_positions_as_vmapped_blackjax_does(tm
     np.testing.assert_array_equal(np.asarray(history.logdensity), np.asarray(stock.logdensity))
     assert history.logdensity.shape == (2, 20)
     nuts.close((final, history))  # any pytree holding the final state
-    assert nuts.view.drawn.log_likelihood == pytest.approx(
-        float(np.max(np.asarray(history.logdensity))), rel=1e-6)
+    lls = np.asarray(history.logdensity)
+    assert nuts.view.drawn.log_likelihood == pytest.approx(float(lls.max()), rel=1e-6)
+    # a history of states alone, on a fresh view: its best of every chain and step
+    fresh = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "g.png",
+                           backend="thread", reports="between_chunks")
+    fresh.close(history)
+    chain, step = np.unravel_index(np.argmax(lls), lls.shape)
+    assert fresh.view.drawn.log_likelihood == pytest.approx(float(lls.max()), rel=1e-6)
+    assert fresh.view.drawn.step == step  # steps counted from the chain's start, 0 first
+    assert float(fresh.view.drawn.parameters["amplitude"]) == pytest.approx(
+        float(history.position["amplitude"][chain, step]))
+    with pytest.raises(ValueError, match=r"one position per chain: got 2 keys and "
+                                         r"initial_position with leading sizes \[3\]"):
+        nuts.run_inference_algorithm(keys, nuts(logdensity, **options), 5, initial_position={
+            name: jnp.full(3, value) for name, value in example.START.items()})
 
 
 def test_between_chunks_bad_arguments_are_named(tmp_path):
@@ -291,14 +305,32 @@ def test_between_chunks_bad_arguments_are_named(tmp_path):
         run(key, sampler, 10)
     with pytest.raises(TypeError, match="call it outside jax.jit / jax.vmap"):
         jax.jit(lambda k, s: run(k, sampler, 10, initial_state=s))(key, state)
-    with pytest.raises(ValueError, match="one key per chain: got 3 keys for one state"):
+    with pytest.raises(ValueError, match="one key per chain: got a batch of 3 keys for one st"):
         run(jax.random.split(key, 3), sampler, 10, initial_state=state)
     batch = jax.vmap(lambda _: state)(jnp.arange(2))
-    with pytest.raises(ValueError, match="one key per chain: got one key for 2 states"):
+    with pytest.raises(ValueError, match="one key per chain: got one key for a batch of 2 st"):
         run(key, sampler, 10, initial_state=batch)
-    with pytest.raises(ValueError, match="one key per chain: got 3 keys for 2 states"):
+    with pytest.raises(ValueError, match="got a batch of 3 keys for a batch of 2 states"):
         run(jax.random.split(key, 3), sampler, 10, initial_state=batch)
+    with pytest.raises(ValueError, match=r"rng_key: got an empty batch of keys \(shape \(0, 2\)"):
+        run(jax.random.split(key, 0), sampler, 10, initial_state=batch)
+    with pytest.raises(TypeError, match="needs rng_key: one key, or one per chain"):
+        run(None, sampler, 10, initial_state=state)
     nuts.close()
+
+
+def test_between_chunks_with_no_steps_returns_the_state_as_blackjax_does(tmp_path):
+    example, logdensity = _sine()
+    nuts = live_algorithm(blackjax.nuts, example.no_draw, image=tmp_path / "f.png",
+                          backend="thread", reports="between_chunks")
+    sampler = nuts(logdensity, step_size=0.01, inverse_mass_matrix=jnp.ones(5))
+    state = sampler.init(example.START)
+    final, (history, _) = nuts.run_inference_algorithm(jax.random.PRNGKey(0), sampler, 0,
+                                                       initial_state=state)
+    assert history.logdensity.shape == (0,) and float(final.logdensity) == float(state.logdensity)
+    assert nuts.close((final, history))  # an empty history in the result: nothing to read
+    # the starting state's best, read before the (empty) run
+    assert nuts.view.drawn.log_likelihood == pytest.approx(float(state.logdensity), rel=1e-6)
 
 
 @pytest.mark.slow

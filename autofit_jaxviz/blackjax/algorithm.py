@@ -27,60 +27,26 @@ With ``reports="between_chunks"`` no host callback is compiled into the
 loops: the steps only track the best, and
 ``nuts.run_inference_algorithm(key, sampler, num_steps, initial_state=state)``
 (BlackJAX's arguments and samples, run in chunks) reads it between chunks.
-
-SMC (tested with ``blackjax.adaptive_tempered_smc``, ``tempered_smc`` and
-``persistent_sampling_smc``: any whose API takes ``logprior_fn,
-loglikelihood_fn`` first and whose state has ``particles``)::
-
-    smc = live_smc(blackjax.adaptive_tempered_smc, draw)        # the one line
-    algorithm = smc(logprior, loglikelihood, blackjax.hmc.build_kernel(), blackjax.hmc.init,
-                    mcmc_parameters, resampling.systematic, 0.5, num_mcmc_steps=10)
-    state = algorithm.init(particles)                           # stock BlackJAX from here on
-    ... jax.lax.while_loop(lambda s: s.tempering_param < 1, step, state) ...
-    smc.close(state)
-
-The picture shows the particle with the highest log posterior (``logprior +
-loglikelihood``, whatever the temperature) in any population the run has had
-so far, the starting one included: one vmapped evaluation of both per step,
-and a callback only when that best improves.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
+from blackjax.base import SamplingAlgorithm
 
+from autofit_jaxviz.blackjax.state import LiveState, _inner_of
 from autofit_jaxviz.device.batching import is_tracer
 from autofit_jaxviz.device.chunked import chunk_plan, run_in_chunks
 from autofit_jaxviz.device.lazy_jax import load_jax
 from autofit_jaxviz.device.phases import PhasedTracker
 from autofit_jaxviz.device.progress import ProgressCall, ticker
-from autofit_jaxviz.device.tracker import BestFitTracker, TrackerState, _positive_int
+from autofit_jaxviz.device.tracker import _positive_int
 from autofit_jaxviz.live import BestFitView, LiveView
 from autofit_jaxviz.payload import BestFit
-
-try:
-    from blackjax.base import SamplingAlgorithm
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "autofit_jaxviz.blackjax needs BlackJAX: pip install 'autofit_jaxviz[blackjax]'"
-    ) from error
-
-
-class LiveState(NamedTuple):
-    """The algorithm's state, the tracker, and whether sampling has begun."""
-
-    inner: Any
-    tracker: TrackerState
-    sampling: Any
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 class LiveAlgorithm:
@@ -222,7 +188,17 @@ class LiveAlgorithm:
             raise TypeError(
                 f"{who} needs this live algorithm's sampler (build it with nuts(logdensity, "
                 f"...), nuts being what live_algorithm returned), got {inference_algorithm!r}")
+        if rng_key is None:
+            raise TypeError(f"{who} needs rng_key: one key, or one per chain")
         chains = _key_batch(rng_key)
+        if initial_state is None and chains is not None:
+            sizes = {int(jnp.shape(leaf)[0]) if jnp.ndim(leaf) else None
+                     for leaf in jax.tree.leaves(initial_position)}
+            if sizes != {chains}:
+                raise ValueError(
+                    f"one position per chain: got {chains} keys and initial_position with "
+                    f"leading sizes {sorted(sizes, key=str)} (stack the chains' positions "
+                    "along a first axis)")
         if initial_state is None:
             def start(key: Any, position: Any) -> Any:
                 key, init_key = jax.random.split(key)
@@ -234,13 +210,12 @@ class LiveAlgorithm:
         states = None if jnp.ndim(initial_state.tracker.best_log_likelihood) == 0 \
             else int(leaf.shape[0])
         if chains != states:
-            def count(n: int | None, one: str, many: str) -> str:
-                return one if n is None else f"{n} {many}"
+            def count(n: int | None, what: str) -> str:
+                return f"one {what}" if n is None else f"a batch of {n} {what}s"
 
             raise ValueError(
-                f"one key per chain: got {count(chains, 'one key', 'keys')} for "
-                f"{count(states, 'one state', 'states')} (vmap init over the positions and "
-                "split the key into one per chain)")
+                f"one key per chain: got {count(chains, 'key')} for {count(states, 'state')} "
+                "(vmap init over the positions and split the key into one per chain)")
 
         def one_step(state: Any, key: Any) -> Any:
             def single(key: Any, state: Any) -> Any:
@@ -254,6 +229,10 @@ class LiveAlgorithm:
         else:  # (steps, chains): step i of chain c uses split(key_c, num_steps)[i]
             keys = jax.jit(lambda k: jnp.swapaxes(
                 jax.vmap(lambda key: jax.random.split(key, num_steps))(k), 0, 1))(rng_key)
+        if is_tracer(keys):  # closed over by an outer jit: still traced here
+            raise TypeError(
+                f"{who} reads the best between chunks, from the host: call it outside "
+                "jax.jit / jax.vmap (it compiles its chunks itself)")
         spec = self._phases.layout(initial_state.tracker, self.transform)
 
         def summarise(state: LiveState) -> tuple[Any, Any]:
@@ -266,18 +245,18 @@ class LiveAlgorithm:
             if steps and self.progress is not None and self._tick is None:  # else the loop ticks
                 self.progress(steps_done)
 
-        state, history = run_in_chunks(one_step, initial_state, keys, summarise, on_chunk,
-                                       chunk_steps=chunk_steps, chunk_seconds=chunk_seconds)
-        if chains is not None:  # as jax.vmap of BlackJAX's function returns it: chains first
-            history = jax.jit(lambda h: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), h),
-                              donate_argnums=0)(history)
-        return state, history
+        # chains first in the history, as jax.vmap of BlackJAX's function returns it
+        return run_in_chunks(one_step, initial_state, keys, summarise, on_chunk,
+                             chunk_steps=chunk_steps, chunk_seconds=chunk_seconds,
+                             history_axis=0 if chains is None else 1)
 
     def _report_now(self, states: list[LiveState]) -> None:
         """Hand each state's best to its phase's sink, from the host (one small program)."""
         jax = load_jax()[0]
         pack = jax.jit(self._phases.pack, static_argnums=2)
         for state in states:
+            if not jax.numpy.size(state.tracker.best_log_likelihood):
+                continue  # an empty history (num_steps=0): no best in it
             packed = jax.device_get(pack(state.tracker, state.sampling, self.transform))
             self._phases.send(packed, self._phases.layout(state.tracker, self.transform))
 
@@ -294,80 +273,6 @@ class LiveAlgorithm:
 
     def __repr__(self) -> str:
         return f"LiveAlgorithm({self.algorithm!r}, view={self.view!r})"
-
-
-class LiveSMC:
-    """A BlackJAX SMC algorithm (``blackjax.adaptive_tempered_smc``...) with its
-    best particle drawn live. Build it with :func:`live_smc`."""
-
-    def __init__(self, algorithm: Any, view: LiveView, *,
-                 transform: Callable[[Any], Any] | None = None) -> None:
-        _check_smc(algorithm, transform)
-        self.algorithm = algorithm
-        self.view = view
-        self.transform = transform
-        self.tracker = BestFitTracker(view.sink)
-
-    @property
-    def callbacks(self) -> int:
-        """Host callbacks received so far."""
-        return self.view.sink.stats().received
-
-    def __call__(self, logprior_fn: Callable[[Any], Any],
-                 loglikelihood_fn: Callable[[Any], Any], *args: Any,
-                 **kwargs: Any) -> SamplingAlgorithm:
-        """The SMC algorithm, as ``blackjax.adaptive_tempered_smc(logprior_fn,
-        loglikelihood_fn, ...)`` builds it, its state a :class:`LiveState`."""
-        jax, jnp, _ = load_jax()
-        smc = self.algorithm(logprior_fn, loglikelihood_fn, *args, **kwargs)
-
-        def log_posterior(particles: Any) -> Any:
-            return jax.vmap(lambda p: logprior_fn(p) + loglikelihood_fn(p))(particles)
-
-        def init(position: Any, *init_args: Any, **init_kwargs: Any) -> LiveState:
-            inner = smc.init(position, *init_args, **init_kwargs)
-            particles = _particles_of(inner)
-            tracker = self.tracker.init(particles, log_posterior(particles))
-            # the initial population is step 0, the one after the first step 1
-            tracker = tracker._replace(step=tracker.step + 1)
-            return LiveState(inner, tracker, jnp.bool_(True))
-
-        def step(rng_key: Any, state: LiveState, *step_args: Any, **step_kwargs: Any) -> Any:
-            inner, info = smc.step(rng_key, _inner_of(state, "live_smc step"), *step_args,
-                                   **step_kwargs)
-            particles = _particles_of(inner)
-            tracker = self.tracker.update(state.tracker, particles, log_posterior(particles),
-                                          transform=self.transform)
-            return LiveState(inner, tracker, state.sampling), info
-
-        return SamplingAlgorithm(init, step)
-
-    def close(self, result: Any = None, timeout: float | None = None) -> bool:
-        """After the run: wait for ``result`` (the final state) and the callbacks,
-        then draw the final best at full resolution."""
-        return self.view.close(timeout, wait_for=result)
-
-    def __repr__(self) -> str:
-        return f"LiveSMC({self.algorithm!r}, view={self.view!r})"
-
-
-def _particles_of(inner: Any) -> Any:
-    particles = getattr(inner, "particles", None)
-    if particles is None:
-        raise TypeError(
-            "live_smc needs an SMC algorithm whose state has particles (such as "
-            f"blackjax.adaptive_tempered_smc), got a {type(inner).__name__} state")
-    return particles
-
-
-def _check_smc(algorithm: Any, transform: Any) -> None:
-    if not callable(algorithm) or not callable(getattr(algorithm, "init", None)):
-        raise TypeError(
-            "live_smc needs a BlackJAX SMC algorithm such as blackjax.adaptive_tempered_smc "
-            f"(called with logprior_fn, loglikelihood_fn, ...), got "
-            f"{type(algorithm).__name__}: {algorithm!r}")
-    if transform is not None and not callable(transform):
-        raise TypeError(f"transform must be a function of the position, got {transform!r}")
 
 
 def _check_algorithm(algorithm: Any, transform: Any, score: Any = None) -> None:
@@ -407,6 +312,9 @@ def _key_batch(key: Any) -> int | None:
     if key.ndim == single:
         return None
     if key.ndim == single + 1:
+        if not key.shape[0]:
+            raise ValueError(f"rng_key: got an empty batch of keys (shape {key.shape}); "
+                             "give one key, or one per chain")
         return int(key.shape[0])
     raise ValueError(f"rng_key must be one key or a 1-D batch of keys (one per chain), "
                      f"got an array of shape {key.shape}")
@@ -423,14 +331,6 @@ def _check_progress(progress: Any, progress_every: Any) -> int:
         raise ValueError(f"progress_every={progress_every!r} needs progress= (the function "
                          "to call with the steps done)")
     return int(progress_every)
-
-
-def _inner_of(state: Any, who: str = "live_algorithm kernel") -> Any:
-    if not isinstance(state, LiveState):
-        raise TypeError(
-            f"a {who} needs the state its own init built (a LiveState), got "
-            f"{type(state).__name__}; build the state with the live algorithm's init")
-    return state.inner
 
 
 def live_algorithm(algorithm: Any, draw: Callable[[BestFit], Any], *,
@@ -474,21 +374,3 @@ def live_algorithm(algorithm: Any, draw: Callable[[BestFit], Any], *,
     return LiveAlgorithm(algorithm, LiveView(draw, **view_options), every=every,
                          transform=transform, score=score, progress=progress,
                          progress_every=progress_every, reports=reports)
-
-
-def live_smc(algorithm: Any, draw: Callable[[BestFit], Any], *,
-             transform: Callable[[Any], Any] | None = None,
-             **view_options: Any) -> LiveSMC:
-    """Wrap a BlackJAX SMC algorithm so that ``draw(best)`` shows its best particle live.
-
-    ``best.parameters`` is the particle (or ``transform(particle)``, run on the
-    device only when a report fires), ``best.log_likelihood`` its log
-    posterior (``logprior_fn + loglikelihood_fn``), ``best.step`` the SMC step
-    whose population held it (0: the initial one, 1: after the first step...).
-    ``view_options`` go to :class:`~autofit_jaxviz.live.LiveView`.
-    """
-    _check_smc(algorithm, transform)
-    name = getattr(algorithm, "__name__", None) or getattr(
-        getattr(algorithm, "differentiable", None), "__module__", None) or "smc"
-    view_options.setdefault("name", f"live[{str(name).rsplit('.', 1)[-1]}]")
-    return LiveSMC(algorithm, LiveView(draw, **view_options), transform=transform)
