@@ -55,8 +55,8 @@ def alternate_cpu(variants: dict[str, Callable[[int], Any]], repeats: int,
 
 
 def busy_thread_lines(runs: dict[str, list[tuple[float, float]]]) -> list[str]:
-    """One line per variant: wall min / median, and the runs where CPU/wall > 1.5
-    (a second thread busy for most of the run)."""
+    """One line per variant: wall min / median (the upper one for an even count), and
+    the runs where CPU/wall > 1.5 (a second thread busy for most of the run)."""
     lines = []
     for name, results in runs.items():
         walls = sorted(w for w, _ in results)
