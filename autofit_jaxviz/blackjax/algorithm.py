@@ -170,12 +170,12 @@ class LiveAlgorithm:
         """
         jax, jnp, _ = load_jax()
         who = "LiveAlgorithm.run_inference_algorithm"
+        traced = (f"{who} reads the best between chunks, from the host: call it outside "
+                  "jax.jit / jax.vmap (it compiles its chunks itself; for chains give a batch "
+                  "of states and one key per chain)")
         if any(is_tracer(leaf) for leaf in jax.tree.leaves((rng_key, initial_state,
                                                             initial_position))):
-            raise TypeError(
-                f"{who} reads the best between chunks, from the host: call it outside "
-                "jax.jit / jax.vmap (it compiles its chunks itself; for chains give a batch "
-                "of states and one key per chain)")
+            raise TypeError(traced)
         chunk_steps, chunk_seconds = chunk_plan(chunk_steps, chunk_seconds)
         if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) \
                 or num_steps < 0:
@@ -229,10 +229,8 @@ class LiveAlgorithm:
         else:  # (steps, chains): step i of chain c uses split(key_c, num_steps)[i]
             keys = jax.jit(lambda k: jnp.swapaxes(
                 jax.vmap(lambda key: jax.random.split(key, num_steps))(k), 0, 1))(rng_key)
-        if is_tracer(keys):  # closed over by an outer jit: still traced here
-            raise TypeError(
-                f"{who} reads the best between chunks, from the host: call it outside "
-                "jax.jit / jax.vmap (it compiles its chunks itself)")
+        if is_tracer(keys):  # made from values an outer jit closed over: traced all the same
+            raise TypeError(traced)
         spec = self._phases.layout(initial_state.tracker, self.transform)
 
         def summarise(state: LiveState) -> tuple[Any, Any]:
