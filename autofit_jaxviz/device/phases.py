@@ -18,7 +18,7 @@ import numpy as np
 
 from autofit_jaxviz.device.batching import emitter, host_callback, pack_payload
 from autofit_jaxviz.device.lazy_jax import load_jax
-from autofit_jaxviz.device.packing import HEADER, ParamSpec
+from autofit_jaxviz.device.packing import HEADER, ParamSpec, best_row
 from autofit_jaxviz.device.tracker import (
     BestFitTracker,
     TrackerState,
@@ -110,9 +110,8 @@ class PhasedTracker:
         prepare = _transformed(tracker.spec, transform)[1]
         ll, step, flat = tracker.best_log_likelihood, tracker.best_step, tracker.best_parameters
         if ll.ndim:  # vmapped chains (or a history of states): the best of all
-            ll, step = ll.reshape(-1), step.reshape(-1)
-            row = jnp.argmax(ll)
-            ll, step, flat = ll[row], step[row], flat.reshape(-1, flat.shape[-1])[row]
+            ll, flat, onehot = best_row(ll.reshape(-1), flat.reshape(-1, flat.shape[-1]))
+            step = step.reshape(-1)[jnp.argmax(onehot)]
         payload = pack_payload(ll, step, flat if prepare is None else prepare(flat))
         flag = jnp.reshape(jnp.asarray(sampling, payload.dtype), (-1,))[:1]
         return jnp.concatenate([payload[:HEADER], flag, payload[HEADER:]])
